@@ -1,0 +1,281 @@
+"""Cost of one round: per-user latency, energy, stability, service quality, and the objectives
+(SPEC §3.3, §3.4). ``evaluate(config, state, decision)`` is the single implementation used by
+the environments, the experts, the benchmark and the tests.
+
+Units: seconds, joules, bits, FLOPs. Shapes: B batch, N users, K chain nodes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from mec_gym.config import SystemConfig
+from mec_gym.model import channel, compute, llm, pipeline
+from mec_gym.model.decision import Decision
+from mec_gym.model.dynamics import SystemState
+
+
+@dataclass
+class RoundMetrics:
+    """Everything one round costs, per user ([B,N]) or per node ([B,N,K]) and in total ([B])."""
+
+    latency_s: np.ndarray  # T_n = T_fwd + T_bwd + T_aggregation_upload
+    forward_s: np.ndarray
+    backward_s: np.ndarray
+    aggregation_s: np.ndarray
+    energy_device_j: np.ndarray  # Σ over the user's chain nodes (compute + radio)
+    energy_server_j: np.ndarray  # server compute + downlink attributed to the user
+    energy_j_user: np.ndarray  # E_n = device + server_energy_weight·server
+    node_energy_j: np.ndarray  # [B,N,K]
+    stability: np.ndarray  # S_n, [LZ24] Theorem 1 bound
+    service: np.ndarray  # U_n, [QZ24] service quality
+    memory_bytes: np.ndarray  # [B,N,K] peak memory of each node
+    uplink_rate_bps: np.ndarray
+    server_work_flops: np.ndarray  # FLOPs the user's server runs this round
+    sequences: np.ndarray  # b_n
+    dropped: np.ndarray  # bool: latency above the round deadline
+    energy_j: np.ndarray  # [B] E = Σ_n E_n
+    delay_s: np.ndarray  # [B] mean/max/sum of T_n (config.delay_aggregate)
+    stability_mean: np.ndarray  # [B] mean_n S_n
+
+
+def per_sequence_work(config: SystemConfig, state: SystemState) -> np.ndarray:
+    """Forward + backward FLOPs of one layer for one of each user's sequences, [B,N]."""
+    spec, wl = config.llm, config.workload
+    return (llm.forward_flops_per_sequence(spec, wl, state.seq_len)
+            + llm.backward_flops_per_sequence(spec, wl, state.seq_len))
+
+
+def stability_bound(config: SystemConfig, local_layers: np.ndarray, samples: np.ndarray) -> np.ndarray:
+    """[LZ24] Theorem 1: average-replace-one stability ≤ 2L²/(k·(1 − α/Υ)).
+
+    At α = Υ (local-only) the factor (1 − α/Υ) is replaced by 1/(2Υ) so the term stays
+    finite (our choice, SPEC §3.3). Users that train nothing this round (k = 0) contribute 0.
+    """
+    layers = config.num_layers
+    fraction = np.where(local_layers >= layers, 1.0 / (2.0 * layers), 1.0 - local_layers / layers)
+    k = np.asarray(samples, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(k > 0, 2.0 * config.workload.lipschitz**2 / (k * fraction), 0.0)
+
+
+def service_quality(q0: np.ndarray, q1: np.ndarray, server_share: np.ndarray) -> np.ndarray:
+    """[QZ24] service quality U_n = q0_{n,m(n)} + q1_{n,m(n)}·ρ_n, ρ_n = δ_{n,0}/Υ (our form, SPEC §3.3)."""
+    return q0 + q1 * server_share
+
+
+def aggregate_delay(config: SystemConfig, latency_s: np.ndarray) -> np.ndarray:
+    """Round delay D from per-user latencies: mean ([LZ24] reports averages), max ([CP25] waits
+    for the slowest cluster) or sum ([LZ24]'s objective), per ``config.delay_aggregate``."""
+    if config.delay_aggregate == "max":
+        return latency_s.max(axis=-1)
+    if config.delay_aggregate == "sum":
+        return latency_s.sum(axis=-1)
+    return latency_s.mean(axis=-1)
+
+
+def _take(per_server: np.ndarray, server: np.ndarray) -> np.ndarray:
+    """Value of each user's server from a per-server [B,M] array, [B,N]."""
+    return np.take_along_axis(per_server, server, axis=-1)
+
+
+def _pair(per_pair: np.ndarray, server: np.ndarray) -> np.ndarray:
+    """Value of the (user, its server) pair from a per-pair [B,N,M] array, [B,N]."""
+    return np.take_along_axis(per_pair, server[..., None], axis=-1)[..., 0]
+
+
+def _chain_hops(config: SystemConfig, state: SystemState, decision: Decision, sequences: np.ndarray,
+                act_bits: np.ndarray, token_bits: np.ndarray, noise: float):
+    """D2D hops of the forward and backward passes along each user's chain (SPEC §3.3, [CP25]).
+
+    Node 0 holds the data; a node with layers is a stage; nodes without layers are bypassed.
+    Each holder sends its output to the next holder over D2D (payload: activations once a
+    layer has run, raw tokens before); the backward pass returns activation gradients to every
+    holder that has layers at or before it. Each hop uses an equal sub-band of the cluster's
+    D2D band, W_d2d/(K−1), and its sender's D2D power (our choice). Returns forward and backward
+    hop delays per sending node [B,N,K], D2D energy per node [B,N,K], and the uplink sender [B,N].
+    """
+    b, n = sequences.shape
+    k = config.devices_per_user
+    device = decision.split[..., 1:]
+    zeros = np.zeros((b, n, k))
+    if k == 1:
+        return zeros, zeros, zeros, np.zeros((b, n), dtype=np.int64)
+    holder = device > 0
+    holder[..., 0] = True
+    cumulative = np.cumsum(device, axis=-1)
+    next_holder = np.full((b, n, k), -1, dtype=np.int64)
+    following = np.full((b, n), -1, dtype=np.int64)
+    for node in range(k - 1, -1, -1):
+        next_holder[..., node] = following
+        following = np.where(holder[..., node], node, following)
+    last_holder = np.where(holder, np.arange(k), -1).max(axis=-1)
+    band = config.radio.d2d_bandwidth_hz / (k - 1)
+    fwd_t, bwd_t, energy = zeros.copy(), zeros.copy(), zeros.copy()
+    for node in range(k - 1):
+        target = next_holder[..., node]
+        hop = holder[..., node] & (target >= 0) & (sequences > 0)
+        gain = np.take_along_axis(state.d2d_gain[..., node, :], np.maximum(target, 0)[..., None], axis=-1)[..., 0]
+        sender_power = decision.d2d_power[..., node]
+        receiver_power = np.take_along_axis(decision.d2d_power, np.maximum(target, 0)[..., None], axis=-1)[..., 0]
+        payload = np.where(cumulative[..., node] > 0, act_bits, token_bits)
+        rate_fwd = channel.shannon_rate(band, gain, sender_power, noise)
+        t, e = channel.transmission(np.where(hop, sequences * payload, 0.0), rate_fwd, sender_power)
+        fwd_t[..., node] = t
+        energy[..., node] += e
+        back = hop & (cumulative[..., node] > 0)
+        rate_bwd = channel.shannon_rate(band, gain, receiver_power, noise)
+        t, e = channel.transmission(np.where(back, sequences * act_bits, 0.0), rate_bwd, receiver_power)
+        bwd_t[..., node] = t
+        np.put_along_axis(energy, np.maximum(target, 0)[..., None],
+                          np.take_along_axis(energy, np.maximum(target, 0)[..., None], axis=-1) + e[..., None],
+                          axis=-1)
+    return fwd_t, bwd_t, energy, last_holder
+
+
+def evaluate(config: SystemConfig, state: SystemState, decision: Decision) -> RoundMetrics:
+    """Cost of one round for a batch of states and complete decisions (SPEC §3.3).
+
+    The job is a chain of stages — node compute and D2D hops, the uplink of cut activations,
+    server compute (forward), then server compute, the downlink of cut gradients, node
+    compute and D2D hops (backward) — pipelined over Q micro-batches
+    (:func:`mec_gym.model.pipeline.makespan`), followed by the upload of the user side's
+    trained parameters for aggregation. ``decision`` must be complete
+    (:func:`mec_gym.model.decision.complete`); it is not validated here (hot path).
+    """
+    spec, wl, radio = config.llm, config.workload, config.radio
+    layers = config.num_layers
+    sequences = state.batch(config)
+    forward_flops = llm.forward_flops_per_sequence(spec, wl, state.seq_len)
+    backward_flops = llm.backward_flops_per_sequence(spec, wl, state.seq_len)
+    act_bits = llm.activation_bits_per_sequence(spec, wl, state.seq_len)
+    token_bits = llm.token_bits_per_sequence(wl, state.seq_len)
+    micro = decision.microbatches
+    split = decision.split
+    device_layers = split[..., 1:]
+    server_layers = split[..., 0]
+    local = device_layers.sum(axis=-1)
+    server = decision.server
+
+    # on-device compute (per node)
+    node_work = device_layers * sequences[..., None]
+    dev_fwd_t, dev_fwd_e = compute.compute_delay_energy(node_work * forward_flops[..., None], state.device_rate_flops,
+                                                        decision.frequency, state.device_power_w)
+    dev_bwd_t, dev_bwd_e = compute.compute_delay_energy(node_work * backward_flops[..., None],
+                                                        state.device_rate_flops, decision.frequency,
+                                                        state.device_power_w)
+
+    # server compute: share φ of the capacity left by background load, size-dependent utilization
+    peak = _take(state.server_peak_flops, server)
+    kernel = sequences / micro * (forward_flops + backward_flops)
+    srv = config.server
+    rate = compute.gpu_utilization(kernel, peak, srv.utilization, srv.saturation_seconds,
+                                   srv.utilization_exponent) * peak
+    available = decision.compute * (1.0 - _take(state.load, server))
+    level, share = (available, 1.0) if srv.energy_model == "frequency" else (1.0, available)
+    server_power = _take(state.server_power_w, server)
+    server_work = server_layers * sequences
+    srv_fwd_t, srv_fwd_e = compute.compute_delay_energy(server_work * forward_flops, rate, level, server_power,
+                                                        share)
+    srv_bwd_t, srv_bwd_e = compute.compute_delay_energy(server_work * backward_flops, rate, level, server_power,
+                                                        share)
+
+    # radio: uplink of cut activations (raw tokens when α = 0), downlink of their gradients
+    noise = channel.noise_psd_w_per_hz(radio.noise_psd_dbm_hz, radio.noise_figure_db)
+    gain = _pair(state.gain, server)
+    bandwidth = srv.bandwidth_hz * decision.bandwidth
+    uplink_rate = channel.shannon_rate(bandwidth, gain, decision.power, noise)
+    server_in_chain = (server_layers > 0) | config.head_on_server
+    active = sequences > 0
+    up_bits = np.where(server_in_chain & active, sequences * np.where(local > 0, act_bits, token_bits), 0.0)
+    up_t, up_e = channel.transmission(up_bits, uplink_rate, decision.power)
+    if radio.downlink:
+        downlink_rate = channel.shannon_rate(bandwidth, gain, srv.downlink_power_w, noise)
+        down_bits = np.where(server_in_chain & active & (local > 0), sequences * act_bits, 0.0)
+        down_t, down_e = channel.transmission(down_bits, downlink_rate, srv.downlink_power_w)
+    else:
+        down_t = down_e = np.zeros_like(up_t)
+    agg_bits = np.where(active, local * llm.adapter_upload_bits_per_layer(spec, wl), 0.0)
+    agg_t, agg_e = channel.transmission(agg_bits, uplink_rate, decision.power)
+
+    hop_fwd_t, hop_bwd_t, hop_e, uplink_sender = _chain_hops(config, state, decision, sequences, act_bits,
+                                                             token_bits, noise)
+    node_energy = dev_fwd_e + dev_bwd_e + hop_e
+    k = config.devices_per_user
+    if k == 1:
+        node_energy = node_energy + (up_e + agg_e)[..., None]
+    else:
+        node_energy = node_energy + (uplink_sender[..., None] == np.arange(k)) * up_e[..., None]
+        node_energy[..., 0] += agg_e
+
+    fwd_stages = np.concatenate([dev_fwd_t, hop_fwd_t, up_t[..., None], srv_fwd_t[..., None]], axis=-1)
+    bwd_stages = np.concatenate([dev_bwd_t, hop_bwd_t, down_t[..., None], srv_bwd_t[..., None]], axis=-1)
+    forward_s = pipeline.makespan(pipeline.stage_times(fwd_stages, micro, wl.overhead_s), micro)
+    backward_s = pipeline.makespan(pipeline.stage_times(bwd_stages, micro, wl.overhead_s), micro)
+    latency = forward_s + backward_s + agg_t
+
+    energy_device = node_energy.sum(axis=-1)
+    energy_server = srv_fwd_e + srv_bwd_e + down_e
+    energy_user = energy_device + config.server_energy_weight * energy_server
+    samples = np.where(active, float(wl.stability_samples), 0.0) if wl.stability_samples else sequences
+    stability = stability_bound(config, local, samples)
+    service = service_quality(_pair(state.service_q0, server), _pair(state.service_q1, server),
+                              server_layers / layers)
+    memory = device_layers * llm.layer_memory_bytes(spec, wl, sequences, state.seq_len)[..., None]
+    dropped = (latency > wl.deadline_s) & active if wl.deadline_s > 0 else np.zeros_like(active)
+    return RoundMetrics(
+        latency_s=latency, forward_s=forward_s, backward_s=backward_s, aggregation_s=agg_t,
+        energy_device_j=energy_device, energy_server_j=energy_server, energy_j_user=energy_user,
+        node_energy_j=node_energy, stability=stability, service=service, memory_bytes=memory,
+        uplink_rate_bps=uplink_rate, server_work_flops=server_work * (forward_flops + backward_flops),
+        sequences=sequences, dropped=dropped,
+        energy_j=energy_user.sum(axis=-1), delay_s=aggregate_delay(config, latency),
+        stability_mean=stability.mean(axis=-1),
+    )
+
+
+@dataclass(frozen=True)
+class Scales:
+    """Reference-policy normalizers (SPEC §3.4): E_ref, D_ref, S_ref for the totals and
+    T_ref, E_user_ref for the per-user terms of the SCR denominator."""
+
+    energy_j: float
+    delay_s: float
+    stability: float
+    latency_s: float
+    energy_j_user: float
+
+
+def reward_terms(config: SystemConfig, metrics: RoundMetrics, scales: Scales) -> dict[str, np.ndarray]:
+    """Named reward components [B] (SPEC §3.4, §3.6); ``reward`` combines them.
+
+    weighted: reward = −(w_e·E/E_ref + w_d·D/D_ref + w_s·S/S_ref) − penalties.
+    scr: reward = Σ_n U_n / Σ_n (w_d·T_n/T_ref + w_e·E_n/E_ref) − penalties.
+    Penalties: w_budget·mean_n max(E_n^device − Ē, 0)/Ē when a budget is set; w_drop·(drops/N).
+    """
+    w, wl = config.weights, config.workload
+    terms = {
+        "energy_norm": metrics.energy_j / scales.energy_j,
+        "delay_norm": metrics.delay_s / scales.delay_s,
+        "stability_norm": metrics.stability_mean / scales.stability,
+    }
+    denominator = (w.delay * metrics.latency_s / scales.latency_s
+                   + w.energy * metrics.energy_j_user / scales.energy_j_user).sum(axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms["scr"] = np.where(denominator > 0, metrics.service.sum(axis=-1) / denominator, 0.0)
+    if wl.energy_budget_j > 0:
+        violation = np.maximum(metrics.energy_device_j - wl.energy_budget_j, 0.0) / wl.energy_budget_j
+        terms["budget_violation"] = violation.mean(axis=-1)
+    else:
+        terms["budget_violation"] = np.zeros_like(metrics.energy_j)
+    terms["drop_rate"] = metrics.dropped.mean(axis=-1)
+    penalty = w.budget * terms["budget_violation"] + w.drop * terms["drop_rate"]
+    if config.objective == "scr":
+        terms["reward"] = terms["scr"] - penalty
+    else:
+        cost = w.energy * terms["energy_norm"] + w.delay * terms["delay_norm"] + w.stability * terms["stability_norm"]
+        terms["cost"] = cost
+        terms["reward"] = -cost - penalty
+    return terms
