@@ -1,0 +1,225 @@
+"""The ``mec-gym`` command line (SPEC §1.4): scenarios, simulate, demo, inspect, bench speed."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="mec_gym: collaborative LLM training at the mobile edge.")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks.")
+inspect_app = typer.Typer(no_args_is_help=True, help="Inspect the system model.")
+app.add_typer(bench_app, name="bench")
+app.add_typer(inspect_app, name="inspect")
+console = Console()
+
+POLICIES = ("reference", "random")
+
+
+def _parse_sets(values: list[str] | None) -> dict[str, str]:
+    overrides = {}
+    for item in values or []:
+        if "=" not in item:
+            raise typer.BadParameter(f"--set expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        overrides[key.strip()] = value.strip()
+    return overrides
+
+
+def _make_env(scenario: str, sets: list[str] | None, rounds: int | None = None):
+    import gymnasium as gym
+
+    import mec_gym
+
+    overrides = _parse_sets(sets)
+    if rounds is not None:
+        overrides["rounds"] = rounds
+    ids = {v: k for k, v in mec_gym.ENV_IDS.items()}
+    if scenario not in ids:
+        raise typer.BadParameter(f"unknown scenario {scenario!r}; valid names: {sorted(ids)}")
+    try:
+        return gym.make(ids[scenario], **overrides)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from error
+
+
+def run_episode(env, policy: str, seed: int) -> list[dict[str, float]]:
+    """One episode with the ``reference`` rule (all fields at their rules) or uniform ``random`` actions."""
+    import mec_gym
+
+    if policy not in POLICIES:
+        raise typer.BadParameter(f"unknown policy {policy!r}; valid names: {list(POLICIES)}")
+    env.reset(seed=seed)
+    env.action_space.seed(seed)
+    rows, done = [], False
+    while not done:
+        start = time.perf_counter()
+        if policy == "reference":
+            _, reward, terminated, truncated, info = env.unwrapped.step_decision(mec_gym.Decision())
+        else:
+            _, reward, terminated, truncated, info = env.step(env.action_space.sample())
+        rows.append({"reward": reward, "energy_j": info["energy_j"], "delay_s": info["delay_s"],
+                     "stability": info["stability"], "scr": info["scr"], "drops": int(info["drops"]),
+                     "step_ms": 1e3 * (time.perf_counter() - start)})
+        done = terminated or truncated
+    return rows
+
+
+@app.command()
+def scenarios() -> None:
+    """List the scenario presets and their environment ids."""
+    import mec_gym
+
+    table = Table(title="mec_gym scenarios")
+    for col in ("env id", "scenario", "users", "servers", "K", "model", "objective", "controls"):
+        table.add_column(col)
+    for env_id, name in mec_gym.ENV_IDS.items():
+        c = mec_gym.make_config(name)
+        table.add_row(env_id, name, str(c.num_users), str(c.num_servers), str(c.devices_per_user), c.model,
+                      c.objective, ",".join(c.controls))
+    console.print(table)
+
+
+@app.command()
+def simulate(
+    scenario: Annotated[str, typer.Option(help="scenario preset")] = "default",
+    policy: Annotated[str, typer.Option(help="reference or random")] = "reference",
+    seed: Annotated[int, typer.Option(help="episode seed")] = 0,
+    rounds: Annotated[int | None, typer.Option(help="rounds (default: the scenario's)")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override key=value (repeatable)")] = None,
+) -> None:
+    """Run one episode and print per-round metrics."""
+    env = _make_env(scenario, set_, rounds)
+    rows = run_episode(env, policy, seed)
+    table = Table(title=f"{scenario}: {policy} policy, seed {seed}")
+    for col in ("round", "reward", "energy J", "delay s", "stability", "SCR", "drops"):
+        table.add_column(col, justify="right")
+    for i, r in enumerate(rows):
+        table.add_row(str(i), f"{r['reward']:.3f}", f"{r['energy_j']:.1f}", f"{r['delay_s']:.2f}",
+                      f"{r['stability']:.4f}", f"{r['scr']:.3f}", str(r["drops"]))
+    console.print(table)
+
+
+@app.command()
+def demo(
+    scenario: Annotated[str, typer.Option(help="scenario preset")] = "default",
+    seeds: Annotated[int, typer.Option(help="evaluation episodes per policy")] = 3,
+    rounds: Annotated[int | None, typer.Option(help="rounds per episode")] = None,
+    out: Annotated[Path, typer.Option(help="output folder")] = Path("runs/demo"),
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override key=value (repeatable)")] = None,
+) -> None:
+    """The main job until the benchmark lands: reference vs random policy on identical seeds,
+    a table of mean episode metrics and a plot of per-round metrics under OUT."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    env = _make_env(scenario, set_, rounds)
+    results = {p: [run_episode(env, p, 1000 + s) for s in range(seeds)] for p in POLICIES}
+    table = Table(title=f"{scenario}: {seeds} episodes per policy (seeds 1000..{999 + seeds})")
+    for col in ("policy", "return", "energy J/round", "delay s/round", "stability", "drops/round", "ms/step"):
+        table.add_column(col, justify="right")
+    summary = {}
+    for policy, episodes in results.items():
+        returns = [sum(r["reward"] for r in ep) for ep in episodes]
+        flat = [r for ep in episodes for r in ep]
+        summary[policy] = {
+            "return_mean": float(np.mean(returns)),
+            "energy_j_mean": float(np.mean([r["energy_j"] for r in flat])),
+            "delay_s_mean": float(np.mean([r["delay_s"] for r in flat])),
+            "stability_mean": float(np.mean([r["stability"] for r in flat])),
+            "drops_mean": float(np.mean([r["drops"] for r in flat])),
+            "step_ms_median": float(np.median([r["step_ms"] for r in flat])),
+        }
+        s = summary[policy]
+        table.add_row(policy, f"{s['return_mean']:.2f}", f"{s['energy_j_mean']:.1f}", f"{s['delay_s_mean']:.2f}",
+                      f"{s['stability_mean']:.4f}", f"{s['drops_mean']:.2f}", f"{s['step_ms_median']:.3f}")
+    console.print(table)
+    out.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for policy, episodes in results.items():
+        for ax, key in zip(axes, ("energy_j", "delay_s", "reward"), strict=True):
+            ax.plot([r[key] for r in episodes[0]], label=policy)
+            ax.set_title(key)
+            ax.set_xlabel("round")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(out / "demo.png", dpi=100)
+    tmp = out / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2))
+    tmp.replace(out / "summary.json")
+    console.print(f"wrote {out / 'demo.png'} and {out / 'summary.json'}")
+
+
+@inspect_app.command("split")
+def inspect_split(
+    scenario: Annotated[str, typer.Option(help="scenario preset")] = "default",
+    samples: Annotated[int, typer.Option(help="random states")] = 16,
+    seed: Annotated[int, typer.Option(help="state seed")] = 0,
+) -> None:
+    """Best per-user split (α) in lightly loaded vs congested states, other fields at their rules (SPEC §5.1)."""
+    import mec_gym
+    from mec_gym.model.reference import split_regimes
+
+    config = mec_gym.make_config(scenario)
+    regimes = split_regimes(config, samples, seed)
+    low, top = config.split_min_local, config.num_layers
+    table = Table(title=f"{scenario}: best α per user over {samples} states × {config.num_users} users")
+    for col in ("server load", f"edge-heavy (α={low})", f"interior ({low}<α<{top})", f"local-only (α={top})",
+                "mean α"):
+        table.add_column(col, justify="right")
+    for name, best in regimes.items():
+        table.add_row(name, f"{(best == low).mean():.0%}", f"{((best > low) & (best < top)).mean():.0%}",
+                      f"{(best == top).mean():.0%}", f"{best.mean():.2f}")
+    console.print(table)
+
+
+@bench_app.command("speed")
+def bench_speed(
+    scenario: Annotated[str, typer.Option(help="scenario preset, or 'all'")] = "default",
+    steps: Annotated[int, typer.Option(help="steps to time per measurement")] = 5000,
+    out: Annotated[Path, typer.Option(help="output folder")] = Path("runs/speed"),
+) -> None:
+    """Single-environment steps/s with random actions (reset time included at episode ends)."""
+    import mec_gym
+
+    names = list(mec_gym.ENV_IDS.values()) if scenario == "all" else [scenario]
+    table = Table(title="single-env speed (random actions)")
+    for col in ("scenario", "steps", "steps/s", "µs/step"):
+        table.add_column(col, justify="right")
+    rows = []
+    for name in names:
+        env = _make_env(name, None)
+        env.reset(seed=0)
+        env.action_space.seed(0)
+        actions = [env.action_space.sample() for _ in range(256)]
+        for i in range(200):  # warm-up
+            env.step(actions[i % 256])[3] and env.reset()
+        start = time.perf_counter()
+        for i in range(steps):
+            if env.step(actions[i % 256])[3]:
+                env.reset()
+        elapsed = time.perf_counter() - start
+        rows.append({"scenario": name, "steps": steps, "steps_per_s": steps / elapsed})
+        table.add_row(name, str(steps), f"{steps / elapsed:,.0f}", f"{1e6 * elapsed / steps:.1f}")
+    console.print(table)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "single_env.json.tmp"
+    tmp.write_text(json.dumps(rows, indent=2))
+    tmp.replace(out / "single_env.json")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
