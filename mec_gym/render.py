@@ -20,7 +20,9 @@ from typing import TYPE_CHECKING, Any
 import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
+from matplotlib.ticker import EngFormatter, MaxNLocator
 
 from mec_gym.model import channel
 
@@ -39,11 +41,11 @@ _SERVER_COLOR = "#4c72b0"
 
 # fixed panel rectangles (figure fractions: left, bottom, width, height); a fixed layout is
 # several times faster than constrained layout and keeps frames the same size and aligned
-_TOPOLOGY_RECT = (0.045, 0.13, 0.25, 0.667)
-_COLORBAR_RECT = (0.30, 0.13, 0.01, 0.667)
-_SPLIT_RECT = (0.375, 0.12, 0.215, 0.74)
-_COST_RECT = (0.715, 0.56, 0.225, 0.30)
-_REWARD_RECT = (0.715, 0.12, 0.225, 0.37)
+_TOPOLOGY_RECT = (0.06, 0.13, 0.24, 0.64)
+_COLORBAR_RECT = (0.305, 0.13, 0.01, 0.64)
+_SPLIT_RECT = (0.40, 0.12, 0.19, 0.74)
+_COST_RECT = (0.76, 0.56, 0.175, 0.30)
+_REWARD_RECT = (0.76, 0.12, 0.175, 0.37)
 
 _window: dict[str, Any] = {}
 
@@ -147,21 +149,20 @@ def _draw_topology(figure: Figure, ax: Axes, config: SystemConfig, state: System
     load = np.asarray(state.load[0], dtype=np.float64)
     colors = matplotlib.colormaps[_SERVER_CMAP](np.arange(config.num_servers) % 10)
 
-    for n, m in enumerate(server):
-        ax.plot((users[n, 0], sites[m, 0]), (users[n, 1], sites[m, 1]), color=colors[m], alpha=0.45, lw=0.9,
-                zorder=1)
+    links = np.stack([users, sites[server]], axis=1)  # [N, 2 ends, xy]
+    ax.add_collection(LineCollection(links, colors=colors[server], alpha=0.45, linewidths=0.9, zorder=1))
     dropped = np.zeros(len(users), dtype=bool)
     if last is not None:
         dropped = np.asarray(last.metrics.dropped[0], dtype=bool)
     ax.scatter(users[:, 0], users[:, 1], s=22, c=colors[server], edgecolors=np.where(dropped, "red", "black"),
-               linewidths=np.where(dropped, 1.5, 0.4), zorder=3, label="user")
+               linewidths=np.where(dropped, 1.5, 0.4), zorder=3)
     boxes = ax.scatter(sites[:, 0], sites[:, 1], s=170, marker="s", c=load, cmap=_LOAD_CMAP, vmin=0.0, vmax=1.0,
-                       edgecolors=colors, linewidths=2.0, zorder=4, label="server")
+                       edgecolors=colors, linewidths=2.0, zorder=4)
     for m, (x, y) in enumerate(sites):
         ax.annotate(f"S{m}\nℓ={load[m]:.2f}", (x, y), xytext=(0, 9), textcoords="offset points", ha="center",
                     va="bottom", fontsize=7, zorder=5)
     colorbar = figure.colorbar(boxes, cax=figure.add_axes(_COLORBAR_RECT))
-    colorbar.set_label("server background load ℓ", fontsize=8)
+    colorbar.set_label("server load ℓ", fontsize=8, labelpad=2)
     colorbar.ax.tick_params(labelsize=7)
     margin = 0.03 * area
     ax.set_xlim(-margin, area + margin)
@@ -193,6 +194,7 @@ def _draw_split(ax: Axes, config: SystemConfig, last: StepResult | None) -> None
         ax.barh(rows, split[:, 0], left=left, height=0.7, color=_SERVER_COLOR, label="server")
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False, borderaxespad=0.0)
     ax.set_xlim(0, layers)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylim(n_users - 0.5, -0.5)
     if n_users <= 20:
         ax.set_yticks(rows)
@@ -205,8 +207,8 @@ def _draw_split(ax: Axes, config: SystemConfig, last: StepResult | None) -> None
 def _draw_metrics(ax_cost: Axes, ax_reward: Axes, history: list[dict[str, float]]) -> None:
     ax_cost.set_title("(c) round metrics", fontsize=9)
     ax_reward.set_xlabel("round")
-    ax_cost.set_ylabel("energy (J)", color="tab:orange", fontsize=8)
-    ax_reward.set_ylabel("reward", fontsize=8)
+    ax_cost.set_ylabel("energy (J)", color="tab:orange", fontsize=8, labelpad=1)
+    ax_reward.set_ylabel("reward", fontsize=8, labelpad=1)
     for ax in (ax_cost, ax_reward):
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
@@ -224,10 +226,13 @@ def _draw_metrics(ax_cost: Axes, ax_reward: Axes, history: list[dict[str, float]
     ax_cost.plot(rounds, energy, color="tab:orange", marker=marker, ms=3, lw=1.2, label="energy")
     ax_delay = ax_cost.twinx()
     ax_delay.plot(rounds, delay, color="tab:purple", marker=marker, ms=3, lw=1.2, label="delay")
-    ax_delay.set_ylabel("delay (s)", color="tab:purple", fontsize=8)
+    ax_delay.set_ylabel("delay (s)", color="tab:purple", fontsize=8, labelpad=1)
     ax_delay.tick_params(labelsize=7)
     for ax, values in ((ax_cost, energy), (ax_delay, delay)):
         if np.all(values > 0) and values.max() > 100.0 * values.min():
             ax.set_yscale("log")
+        else:
+            ax.yaxis.set_major_formatter(EngFormatter(sep=""))
     ax_reward.plot(rounds, reward, color="tab:green", marker=marker, ms=3, lw=1.2)
-    ax_reward.set_xlim(0.5, max(len(history), 1) + 0.5)
+    ax_reward.set_xlim(0.5, len(history) + 0.5)
+    ax_reward.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -36,10 +36,11 @@ def shannon_rate(bandwidth_hz: np.ndarray, gain: np.ndarray, power_w: np.ndarray
     Zero bandwidth gives rate 0. Increasing in both ``bandwidth_hz`` and ``power_w``.
     """
     b = np.asarray(bandwidth_hz, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        snr = gain * power_w / (noise_psd * b)
-        rate = b * np.log2(1.0 + snr)
-    return np.where(b > 0, rate, 0.0)
+    signal = gain * power_w
+    noise = noise_psd * b
+    shape = np.broadcast(signal, noise).shape
+    snr = np.divide(signal, noise, out=np.zeros(shape), where=noise > 0)
+    return b * np.log2(1.0 + snr)
 
 
 def transmission(bits: np.ndarray, rate_bps: np.ndarray, power_w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -47,8 +48,8 @@ def transmission(bits: np.ndarray, rate_bps: np.ndarray, power_w: np.ndarray) ->
 
     Zero bits cost nothing even on a zero-rate link.
     """
-    with np.errstate(divide="ignore", invalid="ignore"):
-        delay = np.where(bits > 0, bits / rate_bps, 0.0)
+    bits = np.asarray(bits, dtype=np.float64)
+    delay = np.divide(bits, rate_bps, out=np.zeros(np.broadcast(bits, rate_bps).shape), where=bits > 0)
     return delay, power_w * delay
 
 

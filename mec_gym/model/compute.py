@@ -19,9 +19,10 @@ def compute_delay_energy(work_flops: np.ndarray, rate_max_flops: np.ndarray, lev
     with u = φ·(1−ℓ), eq. (5)-(6) for a server share f_{n,m} = φ·f_m^max. A time-shared
     server at full clock is u = 1, s = φ·(1−ℓ). Zero work costs nothing.
     """
-    with np.errstate(divide="ignore", invalid="ignore"):
-        delay = np.where(work_flops > 0, work_flops / (share * level * rate_max_flops), 0.0)
-        energy = np.where(work_flops > 0, power_max_w * level**2 * work_flops / rate_max_flops, 0.0)
+    work = np.asarray(work_flops, dtype=np.float64)
+    speed = share * level * rate_max_flops
+    delay = np.divide(work, speed, out=np.zeros(np.broadcast(work, speed).shape), where=work > 0)
+    energy = power_max_w * level**2 * work / rate_max_flops
     return delay, energy
 
 

@@ -43,9 +43,7 @@ class RoundMetrics:
 
 def per_sequence_work(config: SystemConfig, state: SystemState) -> np.ndarray:
     """Forward + backward FLOPs of one layer for one of each user's sequences, [B,N]."""
-    spec, wl = config.llm, config.workload
-    return (llm.forward_flops_per_sequence(spec, wl, state.seq_len)
-            + llm.backward_flops_per_sequence(spec, wl, state.seq_len))
+    return state.forward_flops + state.backward_flops
 
 
 def stability_bound(config: SystemConfig, local_layers: np.ndarray, samples: np.ndarray) -> np.ndarray:
@@ -57,8 +55,9 @@ def stability_bound(config: SystemConfig, local_layers: np.ndarray, samples: np.
     layers = config.num_layers
     fraction = np.where(local_layers >= layers, 1.0 / (2.0 * layers), 1.0 - local_layers / layers)
     k = np.asarray(samples, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(k > 0, 2.0 * config.workload.lipschitz**2 / (k * fraction), 0.0)
+    denominator = k * fraction
+    return np.divide(2.0 * config.workload.lipschitz**2, denominator, out=np.zeros(denominator.shape),
+                     where=k > 0)
 
 
 def service_quality(q0: np.ndarray, q1: np.ndarray, server_share: np.ndarray) -> np.ndarray:
@@ -78,12 +77,13 @@ def aggregate_delay(config: SystemConfig, latency_s: np.ndarray) -> np.ndarray:
 
 def _take(per_server: np.ndarray, server: np.ndarray) -> np.ndarray:
     """Value of each user's server from a per-server [B,M] array, [B,N]."""
-    return np.take_along_axis(per_server, server, axis=-1)
+    return per_server[np.arange(server.shape[0])[:, None], server]
 
 
 def _pair(per_pair: np.ndarray, server: np.ndarray) -> np.ndarray:
     """Value of the (user, its server) pair from a per-pair [B,N,M] array, [B,N]."""
-    return np.take_along_axis(per_pair, server[..., None], axis=-1)[..., 0]
+    batch, users = server.shape
+    return per_pair[np.arange(batch)[:, None], np.arange(users), server]
 
 
 def _chain_hops(config: SystemConfig, state: SystemState, decision: Decision, sequences: np.ndarray,
@@ -148,8 +148,8 @@ def evaluate(config: SystemConfig, state: SystemState, decision: Decision) -> Ro
     spec, wl, radio = config.llm, config.workload, config.radio
     layers = config.num_layers
     sequences = state.batch(config)
-    forward_flops = llm.forward_flops_per_sequence(spec, wl, state.seq_len)
-    backward_flops = llm.backward_flops_per_sequence(spec, wl, state.seq_len)
+    forward_flops = state.forward_flops
+    backward_flops = state.backward_flops
     act_bits = llm.activation_bits_per_sequence(spec, wl, state.seq_len)
     token_bits = llm.token_bits_per_sequence(wl, state.seq_len)
     micro = decision.microbatches
@@ -263,8 +263,8 @@ def reward_terms(config: SystemConfig, metrics: RoundMetrics, scales: Scales) ->
     }
     denominator = (w.delay * metrics.latency_s / scales.latency_s
                    + w.energy * metrics.energy_j_user / scales.energy_j_user).sum(axis=-1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        terms["scr"] = np.where(denominator > 0, metrics.service.sum(axis=-1) / denominator, 0.0)
+    terms["scr"] = np.divide(metrics.service.sum(axis=-1), denominator, out=np.zeros(denominator.shape),
+                             where=denominator > 0)
     if wl.energy_budget_j > 0:
         violation = np.maximum(metrics.energy_device_j - wl.energy_budget_j, 0.0) / wl.energy_budget_j
         terms["budget_violation"] = violation.mean(axis=-1)

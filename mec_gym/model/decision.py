@@ -109,9 +109,8 @@ def _shares_from_weights(weights: np.ndarray, onehot: np.ndarray, eligible: np.n
     w = np.where(eligible, weights, 0.0)
     total = _per_server_sum(w, onehot)
     count = _per_server_sum(eligible.astype(np.float64), onehot)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        share = np.where(total > 0, w / total, np.where(eligible, 1.0 / np.maximum(count, 1.0), 0.0))
-    return share
+    equal = np.where(eligible, 1.0 / np.maximum(count, 1.0), 0.0)
+    return np.divide(w, total, out=equal, where=total > 0)
 
 
 def largest_remainder(weights: np.ndarray, total: int) -> np.ndarray:
@@ -210,7 +209,10 @@ def decode(config: SystemConfig, state: SystemState, action: np.ndarray) -> tupl
     if "microbatches" in parts:
         q_max = config.workload.max_microbatches
         d.microbatches = np.minimum(1 + np.floor(_level(parts["microbatches"][..., 0]) * q_max), q_max).astype(np.int64)
-    d = complete(config, state, dataclasses.replace(d, bandwidth=None, compute=None))
+    if d.server is None:
+        d.server = nearest_server(config, state)
+    if d.split is None:
+        d.split = complete(config, state, Decision(server=d.server, compute=np.zeros((b, n)))).split
     onehot = d.server[..., None] == np.arange(m)
     floor = radio.share_floor
     if "bandwidth" in parts:
@@ -219,7 +221,7 @@ def decode(config: SystemConfig, state: SystemState, action: np.ndarray) -> tupl
     if "compute" in parts:
         weights = floor + (1.0 - floor) * _level(parts["compute"][..., 0])
         d.compute = _shares_from_weights(weights, onehot, d.split[..., 0] > 0)
-    return d, repairs
+    return complete(config, state, d), repairs
 
 
 def _assign_with_capacity(config: SystemConfig, scores: np.ndarray, repairs: dict[str, np.ndarray]) -> np.ndarray:

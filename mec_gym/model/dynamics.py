@@ -40,6 +40,8 @@ class SystemState:
     server_power_w: np.ndarray  # [B,M] power at full speed
     power_max_w: np.ndarray  # [B,N] uplink power limit
     seq_len: np.ndarray  # [B,N] tokens per sequence
+    forward_flops: np.ndarray  # [B,N] forward FLOPs of one layer for one sequence (llm.forward_flops_per_sequence)
+    backward_flops: np.ndarray  # [B,N] backward FLOPs of one layer for one sequence
     service_q0: np.ndarray  # [B,N,M]
     service_q1: np.ndarray  # [B,N,M]
     d2d_pathloss_db: np.ndarray  # [B,N,P]
@@ -235,6 +237,8 @@ def sample_episode(config: SystemConfig, uniforms: np.ndarray) -> SystemState:
         server_power_w=server_power,
         power_max_w=power_max,
         seq_len=seq_len,
+        forward_flops=llm.forward_flops_per_sequence(config.llm, wl, seq_len),
+        backward_flops=llm.backward_flops_per_sequence(config.llm, wl, seq_len),
         service_q0=q0,
         service_q1=q1,
         d2d_pathloss_db=d2d_pl,
