@@ -368,7 +368,8 @@ def validate(config: SystemConfig, state: SystemState, decision: Decision, atol:
         bad = (dp < radio.power_min_w - atol) | (dp > radio.d2d_power_max_w + atol)
         if np.any(bad):
             _fail("d2d_power", bad, f"must lie in [{radio.power_min_w}, {radio.d2d_power_max_w}] W")
-    for name, needed in (("bandwidth", np.ones((b, n), dtype=bool)), ("compute", split[..., 0] > 0)):
+    active = state.batch(config) > 0  # users with nothing to train send and compute nothing
+    for name, needed in (("bandwidth", active), ("compute", active & (split[..., 0] > 0))):
         share = np.asarray(getattr(d, name), dtype=np.float64)
         if np.any(share < 0):
             _fail(name, share < 0, "shares must be >= 0")
