@@ -27,6 +27,7 @@ def _register() -> None:
         if env_id in gym.registry:
             continue
         gym.register(id=env_id, entry_point="mec_gym.envs.edge_training:EdgeTrainingEnv",
+                     vector_entry_point="mec_gym.envs.vector:EdgeTrainingVectorEnv",
                      kwargs={"scenario": scenario}, disable_env_checker=False)
 
 

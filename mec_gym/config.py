@@ -36,7 +36,8 @@ def _check_range(value: tuple, name: str, low: float = 0.0, strict: bool = True)
     lo, hi = value
     ok = all(isinstance(v, (int, float)) and math.isfinite(v) for v in value)
     _check(ok, name, f"bounds must be finite numbers, got {value!r}")
-    _check((lo > low) if strict else (lo >= low), name, f"lower bound must be {'>' if strict else '>='} {low}, got {lo}")
+    relation = ">" if strict else ">="
+    _check((lo > low) if strict else (lo >= low), name, f"lower bound must be {relation} {low}, got {lo}")
     _check(hi >= lo, name, f"upper bound must be >= lower bound, got {value!r}")
 
 

@@ -84,7 +84,8 @@ class EdgeTrainingEnv(gym.Env):
     def __init__(self, scenario: str = "default", config: SystemConfig | None = None,
                  render_mode: str | None = None, observation_mode: str = "flat", **overrides: Any) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode: must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
+            modes = self.metadata["render_modes"]
+            raise ValueError(f"render_mode: must be one of {modes} or None, got {render_mode!r}")
         if observation_mode not in ("flat", "dict"):
             raise ValueError(f"observation_mode: must be 'flat' or 'dict', got {observation_mode!r}")
         self.config = make_config(scenario, config=config, **overrides)
@@ -121,6 +122,8 @@ class EdgeTrainingEnv(gym.Env):
         self._core.reset(np.zeros(1, dtype=np.int64), [self.np_random])
         self._last = None
         self._history = []
+        if self.render_mode == "human":
+            self.render()
         return self._observation(), {}
 
     def step(self, action):
@@ -171,9 +174,9 @@ class EdgeTrainingEnv(gym.Env):
 
     def close(self):
         if self._figure is not None:
-            import matplotlib.pyplot as plt
+            from mec_gym import render
 
-            plt.close(self._figure)
+            render.close()
             self._figure = None
 
     def __getstate__(self) -> dict:
@@ -200,4 +203,6 @@ class EdgeTrainingEnv(gym.Env):
         info["repairs"] = {key: int(value[0]) for key, value in result.repairs.items()}
         self._history.append({"energy_j": info["energy_j"], "delay_s": info["delay_s"],
                               "stability": info["stability"], "reward": float(result.reward[0])})
+        if self.render_mode == "human":
+            self.render()
         return self._observation(), float(result.reward[0]), False, bool(result.truncated[0]), info

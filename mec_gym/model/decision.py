@@ -133,8 +133,12 @@ def largest_remainder(weights: np.ndarray, total: int) -> np.ndarray:
 
 def nearest_server(config: SystemConfig, state: SystemState) -> np.ndarray:
     """Reference association: the server with the strongest average channel (path loss + shadowing),
-    i.e. the nearest one when shadowing is off."""
-    return np.argmax(state.gain / np.maximum(_fading_power(state), 1e-30), axis=-1)
+    i.e. the nearest one when shadowing is off. With a server capacity, users beyond it move to their
+    next-strongest server in index order (the same repair as decoding), so the rule stays feasible."""
+    strength = state.gain / np.maximum(_fading_power(state), 1e-30)
+    if not config.server.capacity:
+        return np.argmax(strength, axis=-1)
+    return _assign_with_capacity(config, strength, {"capacity": np.zeros(strength.shape[0], dtype=np.int64)})
 
 
 def _fading_power(state: SystemState) -> np.ndarray:
