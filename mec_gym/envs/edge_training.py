@@ -130,8 +130,12 @@ class EdgeTrainingEnv(gym.Env):
         self._require_reset()
         if self._core.state.round[0] >= self.config.rounds:
             raise RuntimeError("step: the episode is over (truncated); call reset() first")
-        return self._finish(self._core.step_action(np.asarray(action).reshape(1, -1)
-                                                   if np.ndim(action) == 1 else action))
+        action = np.asarray(action)
+        if action.shape != self.action_space.shape:
+            per_user = self.action_space.shape[0] // self.config.num_users
+            raise ValueError(f"action: expected shape {self.action_space.shape} (num_users {self.config.num_users} "
+                             f"× {per_user} dims per user), got {action.shape}")
+        return self._finish(self._core.step_action(action.reshape(1, -1)))
 
     def step_decision(self, decision: Decision):
         """Step with a structured ``Decision`` (unbatched fields, or a batch axis of 1).

@@ -22,7 +22,7 @@ def pathloss_db(distance_m: np.ndarray, db_at_1km: float, exponent_db: float, mi
 
 def channel_gain(pathloss: np.ndarray, shadowing_db: np.ndarray, fading_power: np.ndarray | float) -> np.ndarray:
     """Linear channel gain g = 10^{-(PL + X_σ)/10}·|h|² (path loss, log-normal shadowing, Rayleigh fading)."""
-    return 10.0 ** (-(pathloss + shadowing_db) / 10.0) * fading_power
+    return np.exp((pathloss + shadowing_db) * (-np.log(10.0) / 10.0)) * fading_power
 
 
 def noise_psd_w_per_hz(noise_psd_dbm_hz: float, noise_figure_db: float) -> float:
@@ -40,7 +40,7 @@ def shannon_rate(bandwidth_hz: np.ndarray, gain: np.ndarray, power_w: np.ndarray
     noise = noise_psd * b
     shape = np.broadcast(signal, noise).shape
     snr = np.divide(signal, noise, out=np.zeros(shape), where=noise > 0)
-    return b * np.log2(1.0 + snr)
+    return b * (np.log1p(snr) / np.log(2.0))  # log1p: log2(1 + snr) loses precision at low SNR
 
 
 def transmission(bits: np.ndarray, rate_bps: np.ndarray, power_w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -70,7 +70,7 @@ def gauss_markov_step(position: np.ndarray, velocity: np.ndarray, innovation: np
     v' = a·v + (1-a)·v̄ + sqrt(1-a²)·σ·w, where v̄ keeps the current heading at ``mean_speed``;
     x' = x + v'·dt, reflected at 0 and ``area``. Returns (position, velocity), metres and m/s.
     """
-    speed = np.sqrt(np.sum(velocity**2, axis=-1, keepdims=True))
+    speed = np.sqrt(velocity[..., :1] ** 2 + velocity[..., 1:] ** 2)
     heading = np.where(speed > 0, velocity / np.where(speed > 0, speed, 1.0), 0.0)
     new_velocity = memory * velocity + (1.0 - memory) * mean_speed * heading \
         + np.sqrt(1.0 - memory**2) * speed_std * innovation

@@ -210,8 +210,11 @@ def evaluate(config: SystemConfig, state: SystemState, decision: Decision) -> Ro
         node_energy = node_energy + (uplink_sender[..., None] == np.arange(k)) * up_e[..., None]
         node_energy[..., 0] += agg_e
 
-    fwd_stages = np.concatenate([dev_fwd_t, hop_fwd_t, up_t[..., None], srv_fwd_t[..., None]], axis=-1)
-    bwd_stages = np.concatenate([dev_bwd_t, hop_bwd_t, down_t[..., None], srv_bwd_t[..., None]], axis=-1)
+    # stage-major [J, B, N]: node compute and D2D hops of every node, the radio link, the server
+    fwd_stages = np.concatenate([np.moveaxis(dev_fwd_t, -1, 0), np.moveaxis(hop_fwd_t, -1, 0), up_t[None],
+                                 srv_fwd_t[None]], axis=0)
+    bwd_stages = np.concatenate([np.moveaxis(dev_bwd_t, -1, 0), np.moveaxis(hop_bwd_t, -1, 0), down_t[None],
+                                 srv_bwd_t[None]], axis=0)
     forward_s = pipeline.makespan(pipeline.stage_times(fwd_stages, micro, wl.overhead_s), micro)
     backward_s = pipeline.makespan(pipeline.stage_times(bwd_stages, micro, wl.overhead_s), micro)
     latency = forward_s + backward_s + agg_t

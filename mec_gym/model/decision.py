@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mec_gym.config import CONTROL_FIELDS, SystemConfig
-from mec_gym.model.dynamics import SystemState
+from mec_gym.model.dynamics import SystemState, server_totals
 
 
 @dataclass
@@ -98,17 +98,18 @@ def _unlevel(x: np.ndarray) -> np.ndarray:
     return 2.0 * x - 1.0
 
 
-def _per_server_sum(values: np.ndarray, onehot: np.ndarray) -> np.ndarray:
+def _per_server_sum(values: np.ndarray, server: np.ndarray, num_servers: int) -> np.ndarray:
     """Σ of ``values`` [B,N] over each user's server, returned per user [B,N]."""
-    sums = np.einsum("bn,bnm->bm", values, onehot)
-    return np.einsum("bm,bnm->bn", sums, onehot)
+    totals = server_totals(values, server, num_servers)
+    return totals[np.arange(server.shape[0])[:, None], server]
 
 
-def _shares_from_weights(weights: np.ndarray, onehot: np.ndarray, eligible: np.ndarray) -> np.ndarray:
+def _shares_from_weights(weights: np.ndarray, server: np.ndarray, num_servers: int,
+                         eligible: np.ndarray) -> np.ndarray:
     """Normalize per server; a server whose eligible weights sum to 0 splits equally among them."""
     w = np.where(eligible, weights, 0.0)
-    total = _per_server_sum(w, onehot)
-    count = _per_server_sum(eligible.astype(np.float64), onehot)
+    total = _per_server_sum(w, server, num_servers)
+    count = _per_server_sum(eligible, server, num_servers)
     equal = np.where(eligible, 1.0 / np.maximum(count, 1.0), 0.0)
     return np.divide(w, total, out=equal, where=total > 0)
 
@@ -116,19 +117,23 @@ def _shares_from_weights(weights: np.ndarray, onehot: np.ndarray, eligible: np.n
 def largest_remainder(weights: np.ndarray, total: int) -> np.ndarray:
     """Integer counts ∝ ``weights`` (last axis) summing to ``total``: floors, then the leftover units
     to the largest fractional parts (lowest index first on ties). All-zero weights split equally."""
-    w = np.asarray(weights, dtype=np.float64)
-    s = w.sum(axis=-1, keepdims=True)
+    w = np.ascontiguousarray(np.moveaxis(np.asarray(weights, dtype=np.float64), -1, 0))  # entries first
+    parts = w.shape[0]
+    s = w.sum(axis=0)
     w = np.where(s > 0, w, 1.0)
-    s = np.where(s > 0, s, w.shape[-1])
+    s = np.where(s > 0, s, parts)
     exact = total * w / s
-    counts = np.floor(exact + 1e-9)
-    counts = np.minimum(counts, total)
+    counts = np.minimum(np.floor(exact + 1e-9), total)
     remainder = exact - counts
-    leftover = (total - counts.sum(axis=-1)).astype(np.int64)
-    order = np.argsort(-remainder, axis=-1, kind="stable")
-    rank = np.argsort(order, axis=-1, kind="stable")
-    counts = counts + (rank < leftover[..., None])
-    return counts.astype(np.int64)
+    leftover = total - counts.sum(axis=0)
+    # rank of each entry by remainder, descending, ties to the lower index
+    rank = np.zeros(w.shape)
+    for j in range(parts):
+        ahead = remainder[j] > remainder
+        ahead[j + 1:] |= remainder[j] == remainder[j + 1:]
+        rank += ahead
+    counts = counts + (rank < leftover)
+    return np.moveaxis(counts, 0, -1).astype(np.int64)
 
 
 def nearest_server(config: SystemConfig, state: SystemState) -> np.ndarray:
@@ -150,8 +155,7 @@ def compute_rule(config: SystemConfig, state: SystemState, split: np.ndarray, se
     from mec_gym.model.costs import per_sequence_work
 
     work = split[..., 0] * state.batch(config) * per_sequence_work(config, state)
-    onehot = server[..., None] == np.arange(config.num_servers)
-    return _shares_from_weights(work, onehot, work > 0)
+    return _shares_from_weights(work, server, config.num_servers, work > 0)
 
 
 def complete(config: SystemConfig, state: SystemState, decision: Decision) -> Decision:
@@ -170,9 +174,8 @@ def complete(config: SystemConfig, state: SystemState, decision: Decision) -> De
         d.power = state.power_max_w.copy()
     if d.d2d_power is None:
         d.d2d_power = np.full((b, n, k if k > 1 else 0), config.radio.d2d_power_max_w)
-    onehot = d.server[..., None] == np.arange(config.num_servers)
     if d.bandwidth is None:
-        d.bandwidth = _shares_from_weights(np.ones((b, n)), onehot, np.ones((b, n), dtype=bool))
+        d.bandwidth = _shares_from_weights(np.ones((b, n)), d.server, config.num_servers, np.ones((b, n), dtype=bool))
     if d.compute is None:
         d.compute = compute_rule(config, state, d.split, d.server)
     if d.frequency is None:
@@ -217,14 +220,13 @@ def decode(config: SystemConfig, state: SystemState, action: np.ndarray) -> tupl
         d.server = nearest_server(config, state)
     if d.split is None:
         d.split = complete(config, state, Decision(server=d.server, compute=np.zeros((b, n)))).split
-    onehot = d.server[..., None] == np.arange(m)
     floor = radio.share_floor
     if "bandwidth" in parts:
         weights = floor + (1.0 - floor) * _level(parts["bandwidth"][..., 0])
-        d.bandwidth = _shares_from_weights(weights, onehot, np.ones((b, n), dtype=bool))
+        d.bandwidth = _shares_from_weights(weights, d.server, m, np.ones((b, n), dtype=bool))
     if "compute" in parts:
         weights = floor + (1.0 - floor) * _level(parts["compute"][..., 0])
-        d.compute = _shares_from_weights(weights, onehot, d.split[..., 0] > 0)
+        d.compute = _shares_from_weights(weights, d.server, m, d.split[..., 0] > 0)
     return complete(config, state, d), repairs
 
 
@@ -340,6 +342,10 @@ def validate(config: SystemConfig, state: SystemState, decision: Decision, atol:
         if value is not None and np.any(np.asarray(value) != np.round(np.asarray(value))):
             _fail(name, np.asarray(value) != np.round(np.asarray(value)), "must be integer-valued")
 
+    if decision.server is not None:
+        given = np.asarray(decision.server)
+        if np.any((given < 0) | (given >= m)):
+            _fail("server", (given < 0) | (given >= m), f"must be in [0, {m - 1}]")
     d = complete(config, state, decision)
     split = np.asarray(d.split)
     if np.any(split < 0):
@@ -354,8 +360,6 @@ def validate(config: SystemConfig, state: SystemState, decision: Decision, atol:
     if np.any(split[..., 1:] > state.max_layers):
         _fail("split", split[..., 1:] > state.max_layers, "more layers than the node's memory holds at a full batch")
     server = np.asarray(d.server)
-    if np.any((server < 0) | (server >= m)):
-        _fail("server", (server < 0) | (server >= m), f"must be in [0, {m - 1}]")
     onehot = server[..., None] == np.arange(m)
     if config.server.capacity:
         over = onehot.sum(axis=1) > config.server.capacity
@@ -377,7 +381,7 @@ def validate(config: SystemConfig, state: SystemState, decision: Decision, atol:
         share = np.asarray(getattr(d, name), dtype=np.float64)
         if np.any(share < 0):
             _fail(name, share < 0, "shares must be >= 0")
-        sums = np.einsum("bn,bnm->bm", share, onehot)
+        sums = server_totals(share, server, m)
         if np.any(sums > 1 + atol):
             raise ValueError(f"decision.{name}: shares of server(s) {np.argwhere(sums > 1 + atol)[:, 1].tolist()} "
                              f"sum above 1 ({sums.max():.6g}); normalize per server")

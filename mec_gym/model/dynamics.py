@@ -84,6 +84,14 @@ class SystemState:
             getattr(self, f.name)[mask] = getattr(other, f.name)
 
 
+def server_totals(values: np.ndarray, server: np.ndarray, num_servers: int) -> np.ndarray:
+    """Σ of per-user ``values`` [B,N] over the users of each server, [B,M] (one bincount pass)."""
+    batch = server.shape[0]
+    flat = (np.arange(batch)[:, None] * num_servers + server).ravel()
+    totals = np.bincount(flat, weights=np.asarray(values, dtype=np.float64).ravel(), minlength=batch * num_servers)
+    return totals.reshape(batch, num_servers)
+
+
 def d2d_pairs(k: int) -> tuple[np.ndarray, np.ndarray]:
     """Index pairs (i < j) of a K-node chain's D2D links."""
     return np.triu_indices(k, 1)
@@ -265,8 +273,9 @@ def update_gains(config: SystemConfig, state: SystemState) -> None:
     """Recompute the derived linear gains from positions, shadowing and fading (in place)."""
     radio = config.radio
     sites = _server_sites(config.num_servers, config.geometry.area_m)
-    diff = state.user_pos_m[:, :, None, :] - sites[None, None, :, :]
-    distance = np.sqrt(diff[..., 0] ** 2 + diff[..., 1] ** 2)
+    dx = state.user_pos_m[:, :, 0, None] - sites[:, 0]
+    dy = state.user_pos_m[:, :, 1, None] - sites[:, 1]
+    distance = np.sqrt(dx * dx + dy * dy)
     pl = channel.pathloss_db(distance, radio.pathloss_db_at_1km, radio.pathloss_exponent_db, radio.min_distance_m)
     state.gain = channel.channel_gain(pl, state.shadowing_db,
                                       channel.rayleigh_power(state.fading[..., 0], state.fading[..., 1]))
@@ -367,7 +376,6 @@ def transition(config: SystemConfig, state: SystemState, normals: np.ndarray, un
         state.data_queue = state.data_queue - trained + arrivals
     if wl.energy_budget_j > 0:
         state.energy_queue = np.maximum(state.energy_queue + energy_user_j - wl.energy_budget_j, 0.0)
-    onehot = server[..., None] == np.arange(m)
-    state.users_per_server = onehot.sum(axis=1).astype(np.float64)
-    state.server_work_flops = np.einsum("bn,bnm->bm", server_work_flops, onehot)
+    state.users_per_server = server_totals(np.ones(server.shape), server, m)
+    state.server_work_flops = server_totals(server_work_flops, server, m)
     state.round = state.round + 1
