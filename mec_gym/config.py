@@ -385,9 +385,11 @@ class SystemConfig:
 
         per_layer = llm_model.layer_memory_bytes(spec, self.workload, self.workload.batch_max, self.workload.seq_len[1])
         smallest = min(self.device.memory_choices_gb) if self.device.memory_choices_gb else self.device.memory_gb[0]
-        _check(smallest * 1e9 >= self.split_min_local * per_layer, "device.memory_gb",
-               f"the smallest device ({smallest} GB) cannot hold split_min_local = {self.split_min_local} layers "
-               f"of {per_layer / 1e9:.2f} GB at a full batch; raise the memory or lower workload.batch_max")
+        per_node = math.floor(smallest * 1e9 / per_layer)
+        _check(per_node * self.devices_per_user >= self.split_min_local, "device.memory_gb",
+               f"{self.devices_per_user} device(s) of the smallest memory ({smallest} GB) hold {per_node} layer(s) "
+               f"each of {per_layer / 1e9:.2f} GB at a full batch, fewer than split_min_local = "
+               f"{self.split_min_local}; raise the memory or lower workload.batch_max")
         if self.server.capacity:
             _check(self.server.capacity * self.num_servers >= self.num_users, "server.capacity",
                    f"{self.num_servers} servers x capacity {self.server.capacity} cannot hold "

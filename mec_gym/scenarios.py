@@ -83,12 +83,13 @@ def collapipe() -> SystemConfig:
     4 clusters of K = 4 devices (node 1 = control unit with the data), devices within 50 m of
     their control unit, clusters 100-500 m from their base station (4 BSs); BERT-base (12
     layers, h = 768, FFN 3072), 128 tokens, batch 32 per round, full fine-tuning of the encoder
-    segments, task head on the server; devices 0.5-5 TFLOPS effective, 5-15 W, 2/4/8 GB;
+    segments, which stay on the cluster's devices (split_min_local = Υ = 12: the split
+    partitions the encoder over the chain), task head on the server; devices 0.5-5 TFLOPS effective, 5-15 W, 2/4/8 GB;
     D2D 10 MHz per cluster, uplink 20 MHz; 1-16 micro-batches; long-term per-cluster energy
     budget; objective: round latency (max over clusters, w_e = w_s = 0) with the budget
     penalty. Ours: edge GPUs L4/A10/V100 with size-dependent utilization, no background load,
-    budget 60 J per cluster and round (≈ 60 % of the latency-oriented reference's device
-    energy), t₀ = 5 ms per message.
+    budget 12 J per cluster and round (≈ 60 % of the reference policy's mean device energy,
+    21 J, in [CP25]'s suggested 50-80 % range), t₀ = 5 ms per message.
     """
     return SystemConfig(
         num_users=4,
@@ -100,13 +101,14 @@ def collapipe() -> SystemConfig:
         weights=Weights(energy=0.0, delay=1.0, stability=0.0, budget=1.0, drop=1.0),
         delay_aggregate="max",
         head_on_server=True,
+        split_min_local=12,
         device=DeviceSpec(peak_flops=(0.5e12, 5.0e12), utilization=1.0, power_w=(5.0, 15.0),
                           memory_gb=(2.0, 8.0), memory_choices_gb=(2.0, 4.0, 8.0)),
         server=ServerSpec(profiles=("l4", "a10", "v100"), load_levels=(0.0,)),
         radio=RadioConfig(d2d_bandwidth_hz=10.0e6, d2d_power_max_w=0.2),
         geometry=GeometryConfig(area_m=1000.0, cluster_radius_m=50.0, server_distance_m=(100.0, 500.0)),
         workload=WorkloadConfig(seq_len=(128, 128), batch_max=32, arrival_rate=0.0, peft="full",
-                                microbatches=4, max_microbatches=16, overhead_s=0.005, energy_budget_j=60.0),
+                                microbatches=4, max_microbatches=16, overhead_s=0.005, energy_budget_j=12.0),
     )
 
 

@@ -107,6 +107,11 @@ class EdgeTrainingCore:
     def observe(self) -> np.ndarray:
         return self.observer.flat(self.state)
 
+    def step_batch(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+        """Step with Box actions and return (observations, rewards, model-truncations, info arrays)."""
+        result = self.step_action(actions)
+        return self.observe(), result.reward, result.truncated, info_arrays(result, self.state)
+
 
 def info_arrays(result: StepResult, state: dynamics.SystemState) -> dict:
     """Per-round raw and normalized metrics as plain numpy arrays with a leading batch axis (SPEC §4.2)."""

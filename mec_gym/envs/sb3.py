@@ -64,8 +64,12 @@ class EdgeTrainingSB3VecEnv(VecEnv):
         obs, reward, terminated, truncated, info = self.venv.step(self._actions)
         done = terminated | truncated
         infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
+        final = info.get("final_info", {})  # the step metrics of the sub-environments that finished
         for key in ("energy_j", "delay_s", "stability", "scr", "drop_rate", "budget_violation"):
-            for i, value in enumerate(info[key]):
+            values = np.where(done, final[key], 0.0) if key in final else np.zeros(self.num_envs)
+            if key in info:
+                values = np.where(info[f"_{key}"], info[key], values)
+            for i, value in enumerate(values):
                 infos[i][key] = float(value)
         if done.any():
             for i in np.flatnonzero(done):

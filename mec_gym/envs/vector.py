@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import gymnasium as gym
@@ -11,7 +13,8 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from mec_gym.config import SystemConfig
-from mec_gym.envs.core import EdgeTrainingCore, StepResult, info_arrays
+from mec_gym.envs.core import EdgeTrainingCore
+from mec_gym.model.dynamics import SystemState
 from mec_gym.scenarios import make_config
 
 
@@ -33,6 +36,10 @@ class EdgeTrainingVectorEnv(VectorEnv):
             same step; the last observation and info go to ``info["final_obs"]`` and
             ``info["final_info"]`` with the ``_final_obs`` mask).
         observation_mode: ``"flat"`` (Box) or ``"dict"`` (Dict of batched arrays).
+        workers: threads that step contiguous shards of the batch in parallel (numpy releases the
+            GIL inside its array loops). Default: one per CPU core (at most 2) when
+            ``num_envs >= 512``, else 1. Results do not depend on it: sub-environments are
+            independent, so any sharding gives the same numbers.
 
     ``reset(options={"reset_mask": mask})`` resets only the masked sub-environments (NEXT_STEP
     and SAME_STEP modes); ``info`` is Gymnasium's dict of arrays with ``_key`` masks.
@@ -42,7 +49,7 @@ class EdgeTrainingVectorEnv(VectorEnv):
 
     def __init__(self, num_envs: int = 1, scenario: str = "default", config: SystemConfig | None = None,
                  max_episode_steps: int | None = None, autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
-                 observation_mode: str = "flat", **overrides: Any) -> None:
+                 observation_mode: str = "flat", workers: int | None = None, **overrides: Any) -> None:
         if not isinstance(num_envs, int) or num_envs < 1:
             raise ValueError(f"num_envs: must be an integer >= 1, got {num_envs!r}")
         if observation_mode not in ("flat", "dict"):
@@ -61,7 +68,17 @@ class EdgeTrainingVectorEnv(VectorEnv):
         self.autoreset_mode = mode
         self.metadata = {**type(self).metadata, "autoreset_mode": mode}
         self.observation_mode = observation_mode
-        self._core = EdgeTrainingCore(self.config, num_envs)
+        if workers is None:
+            workers = min(os.cpu_count() or 1, 2) if num_envs >= 512 else 1
+        if not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers: must be an integer >= 1, got {workers!r}")
+        workers = min(workers, num_envs)
+        bounds = np.linspace(0, num_envs, workers + 1).astype(int)
+        self._shards = [EdgeTrainingCore(self.config, int(hi - lo)) for lo, hi in zip(bounds[:-1], bounds[1:],
+                                                                                          strict=True)]
+        self._bounds = bounds
+        self._pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
+        self._core = self._shards[0]
         self.single_action_space = gym.spaces.Box(-1.0, 1.0, (self._core.action_width,), dtype=np.float32)
         self.action_space = batch_space(self.single_action_space, num_envs)
         self.single_observation_space = self._core.observer.space(observation_mode)
@@ -75,9 +92,11 @@ class EdgeTrainingVectorEnv(VectorEnv):
         return self._core.observer.layout
 
     @property
-    def system_state(self):
+    def system_state(self) -> SystemState:
         """A copy of the full true state of every sub-environment (privileged information)."""
-        return self._core.state.copy()
+        if self._core.state is None:
+            raise RuntimeError("call reset() before reading the state")
+        return SystemState.concatenate([shard.state for shard in self._shards])
 
     def reset(self, *, seed: int | list[int | None] | None = None, options: dict | None = None):
         mask = np.ones(self.num_envs, dtype=bool)
@@ -85,7 +104,7 @@ class EdgeTrainingVectorEnv(VectorEnv):
             mask = np.asarray(options["reset_mask"], dtype=bool)
             if mask.shape != (self.num_envs,):
                 raise ValueError(f"options['reset_mask']: expected a bool array of shape ({self.num_envs},)")
-            if self._core.state is None and not mask.all():
+            if self._shards[0].state is None and not mask.all():
                 raise ValueError("options['reset_mask']: the first reset must reset every sub-environment")
         if seed is None:
             seeds: list[int | None] = [None] * self.num_envs
@@ -104,52 +123,92 @@ class EdgeTrainingVectorEnv(VectorEnv):
         return obs, {}
 
     def _reset_indices(self, indices: np.ndarray) -> None:
-        self._core.reset(indices, [self._generators[i] for i in indices])
+        for shard, lo, hi in zip(self._shards, self._bounds[:-1], self._bounds[1:], strict=True):
+            local = indices[(indices >= lo) & (indices < hi)]
+            if len(local):
+                shard.reset(local - lo, [self._generators[i] for i in local])
         self._steps[indices] = 0
         self._needs_reset[indices] = False
 
+    def _map(self, function, *per_shard):
+        if self._pool is None:
+            return [function(shard, *args) for shard, *args in zip(self._shards, *per_shard, strict=True)]
+        return list(self._pool.map(function, self._shards, *per_shard))
+
     def step(self, actions):
-        core = self._core
-        if core.state is None:
+        if self._shards[0].state is None:
             raise RuntimeError("call reset() before step()")
+        actions = np.asarray(actions)
+        expected = (self.num_envs, self._core.action_width)
+        if actions.shape != expected:
+            raise ValueError(f"actions: expected shape {expected} (num_envs, num_users × dims per user), "
+                             f"got {actions.shape}")
         resetting = self._needs_reset.copy()
-        result = core.step_action(actions)
+        chunks = [actions[lo:hi] for lo, hi in zip(self._bounds[:-1], self._bounds[1:], strict=True)]
+        outputs = self._map(EdgeTrainingCore.step_batch, chunks)
+        obs = np.concatenate([o[0] for o in outputs]) if len(outputs) > 1 else outputs[0][0]
+        reward = np.concatenate([o[1] for o in outputs]).astype(np.float64)
+        model_truncated = np.concatenate([o[2] for o in outputs])
         self._steps += 1
-        truncated = (self._steps >= self.max_episode_steps) | result.truncated
-        reward = result.reward.astype(np.float64)
+        truncated = (self._steps >= self.max_episode_steps) | model_truncated
         terminated = np.zeros(self.num_envs, dtype=bool)
-        infos = self._infos(result, ~resetting)
+        shard_infos = [o[3] for o in outputs]
         if self.autoreset_mode == AutoresetMode.NEXT_STEP:
+            infos = self._infos(shard_infos, ~resetting)
             if resetting.any():
                 self._reset_indices(np.flatnonzero(resetting))
                 reward = np.where(resetting, 0.0, reward)
                 truncated = truncated & ~resetting
             self._needs_reset = truncated.copy()
-            return self._observation(), reward, terminated, truncated, infos
+            observation = self._observation() if resetting.any() else self._format(obs)
+            return observation, reward, terminated, truncated, infos
+        # SAME_STEP, built as SyncVectorEnv builds it: a finished sub-environment's step info goes to
+        # ``final_info`` (its top-level entries would come from its reset, which has none) and its last
+        # observation to ``final_obs``, an object array holding None for the other sub-environments.
         done = truncated
-        if done.any():
-            final_obs = self._observation()
-            infos["final_obs"] = np.where(done[:, None], final_obs, 0.0) if self.observation_mode == "flat" else \
-                {k: np.where(done.reshape(-1, *[1] * (v.ndim - 1)), v, 0) for k, v in final_obs.items()}
-            infos["_final_obs"] = done.copy()
-            infos["final_info"] = {k: v for k, v in infos.items() if k not in ("final_obs", "_final_obs")}
-            infos["_final_info"] = done.copy()
-            self._reset_indices(np.flatnonzero(done))
+        infos = self._infos(shard_infos, ~done)
+        if not done.any():
+            return self._format(obs), reward, terminated, truncated, infos
+        final_obs = self._format(obs)
+        infos["final_obs"] = np.full(self.num_envs, None, dtype=object)
+        for i in np.flatnonzero(done):
+            infos["final_obs"][i] = final_obs[i] if self.observation_mode == "flat" else \
+                {k: v[i] for k, v in final_obs.items()}
+        infos["_final_obs"] = done.copy()
+        infos["final_info"] = self._infos(shard_infos, done)
+        infos["_final_info"] = done.copy()
+        self._reset_indices(np.flatnonzero(done))
         return self._observation(), reward, terminated, truncated, infos
 
-    def _infos(self, result: StepResult, valid: np.ndarray) -> dict:
+    def _infos(self, shard_infos: list[dict], valid: np.ndarray) -> dict:
+        """Gymnasium's dict of arrays with ``_key`` masks, as SyncVectorEnv builds it: rows outside
+        ``valid`` are zero, and no keys at all when no sub-environment is valid."""
+        if not valid.any():
+            return {}
+
+        def masked(parts: list[np.ndarray]) -> np.ndarray:
+            value = np.concatenate(parts) if len(parts) > 1 else np.asarray(parts[0])
+            return np.where(valid.reshape(-1, *[1] * (value.ndim - 1)), value, np.zeros((), dtype=value.dtype))
+
         infos: dict[str, Any] = {}
-        for key, value in info_arrays(result, self._core.state).items():
+        for key, first in shard_infos[0].items():
             if key == "repairs":
-                infos[key] = {k: v.copy() for k, v in value.items()}
-                infos[key].update({f"_{k}": valid.copy() for k in value})
+                infos[key] = {k: masked([i[key][k] for i in shard_infos]) for k in first}
+                infos[key].update({f"_{k}": valid.copy() for k in first})
             else:
-                infos[key] = np.asarray(value).copy()
+                infos[key] = masked([i[key] for i in shard_infos])
             infos[f"_{key}"] = valid.copy()
         return infos
 
     def _observation(self):
-        flat = self._core.observe()
+        return self._format(np.concatenate([shard.observe() for shard in self._shards]))
+
+    def _format(self, flat: np.ndarray):
         if self.observation_mode == "dict":
             return self._core.observer.to_dict(flat)
         return flat
+
+    def close_extras(self, **kwargs: Any) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None

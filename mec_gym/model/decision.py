@@ -18,8 +18,8 @@ microbatches    1           Q = 1 + floor((a+1)/2·Q_max), capped at Q_max
 ==============  ==========  ==========================================================
 
 Decoding then repairs, counting each change in ``repairs``: too few local layers
-(α < split_min_local) are taken from the server; layers beyond a node's memory move to the
-server; users beyond a server's capacity move to their next-preferred server (users keep
+(α < split_min_local) are taken from the server; layers beyond a node's memory move along the
+chain toward the server; users beyond a server's capacity move to their next-preferred server (users keep
 their first choice in index order until a server is full, then the rest try their second
 choice, and so on). ``encode`` is the exact inverse on decisions the decoder produces:
 integer fields round-trip exactly, continuous ones to float32 precision.
@@ -159,15 +159,15 @@ def compute_rule(config: SystemConfig, state: SystemState, split: np.ndarray, se
 
 
 def complete(config: SystemConfig, state: SystemState, decision: Decision) -> Decision:
-    """Fill every ``None`` field by its rule (SPEC §3.2): split α = split_min_local on node 1, nearest
+    """Fill every ``None`` field by its rule (SPEC §3.2): split α = split_min_local (on node 1, or on the
+    chain's nodes in order when one node's memory cannot hold them), nearest
     server, p = p_max, equal bandwidth shares, compute ∝ server work, frequency 1, fixed Q."""
     b, n = state.data_queue.shape
     k, layers = config.devices_per_user, config.num_layers
     d = dataclasses.replace(decision)
     if d.split is None:
-        d.split = np.zeros((b, n, k + 1), dtype=np.int64)
-        d.split[..., 1] = config.split_min_local
-        d.split[..., 0] = layers - config.split_min_local
+        device = place_local_layers(np.full((b, n), config.split_min_local), state.max_layers)
+        d.split = np.concatenate([(layers - device.sum(axis=-1))[..., None], device], axis=-1)
     if d.server is None:
         d.server = nearest_server(config, state)
     if d.power is None:
@@ -251,19 +251,35 @@ def _assign_with_capacity(config: SystemConfig, scores: np.ndarray, repairs: dic
     return assigned
 
 
+def place_local_layers(count: np.ndarray, capacity: np.ndarray) -> np.ndarray:
+    """Put ``count`` [B,N] layers on the chain nodes in order, each up to its ``capacity`` [B,N,K]."""
+    placed = np.zeros(capacity.shape, dtype=np.int64)
+    remaining = np.asarray(count, dtype=np.int64).copy()
+    for node in range(capacity.shape[-1]):
+        take = np.minimum(remaining, capacity[..., node])
+        placed[..., node] = take
+        remaining = remaining - take
+    return placed
+
+
 def _repair_split(config: SystemConfig, state: SystemState, split: np.ndarray,
                   repairs: dict[str, np.ndarray]) -> np.ndarray:
-    split = split.copy()
-    device = split[..., 1:]
-    overflow = np.maximum(device - state.max_layers, 0)
-    repairs["memory"] += (overflow.sum(axis=-1) > 0).sum(axis=-1)
-    device -= overflow
-    split[..., 0] += overflow.sum(axis=-1)
-    deficit = np.maximum(config.split_min_local - device.sum(axis=-1), 0)
+    """Memory first: layers beyond a node's memory move along the chain toward the server (to the
+    next node with room, the rest to the server); then too few local layers are taken from the
+    server and placed on the nodes in order, within their memory."""
+    device = split[..., 1:].copy()
+    carry = np.zeros(device.shape[:-1], dtype=np.int64)
+    for node in range(device.shape[-1]):
+        total = device[..., node] + carry
+        keep = np.minimum(total, state.max_layers[..., node])
+        carry = total - keep
+        device[..., node] = keep
+    repairs["memory"] += (device != split[..., 1:]).any(axis=-1).sum(axis=-1)
+    server = split[..., 0] + carry
+    deficit = np.minimum(np.maximum(config.split_min_local - device.sum(axis=-1), 0), server)
     repairs["split_min_local"] += (deficit > 0).sum(axis=-1)
-    split[..., 1] += deficit
-    split[..., 0] -= deficit
-    return split
+    device = device + place_local_layers(deficit, state.max_layers - device)
+    return np.concatenate([(server - deficit)[..., None], device], axis=-1)
 
 
 def encode(config: SystemConfig, state: SystemState, decision: Decision) -> np.ndarray:

@@ -78,6 +78,12 @@ class SystemState:
             index = slice(int(index), int(index) + 1)
         return SystemState(**{f.name: getattr(self, f.name)[index] for f in dataclasses.fields(self)})
 
+    @staticmethod
+    def concatenate(states: list[SystemState]) -> SystemState:
+        """One state holding the batches of ``states`` in order (copies)."""
+        return SystemState(**{f.name: np.concatenate([getattr(s, f.name) for s in states])
+                              for f in dataclasses.fields(SystemState)})
+
     def assign(self, mask: np.ndarray, other: SystemState) -> None:
         """Overwrite the entries where ``mask`` is True with ``other`` (same batch size as mask.sum())."""
         for f in dataclasses.fields(self):
