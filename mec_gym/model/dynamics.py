@@ -136,7 +136,7 @@ def episode_draw_count(config: SystemConfig) -> int:
     n, m, k = config.num_users, config.num_servers, config.devices_per_user
     p = k * (k - 1) // 2
     return (n * 2 + n + n * (k - 1) * 2 + n * m + n * m * 2 + n * p * 2
-            + n * k * 5 + m * 4 + n + n + n * m * 2 + n + m + n)
+            + n * k * 5 + m * 4 + n + n + n * m * 2 + n + m)
 
 
 def draw_episode_uniforms(config: SystemConfig, generators: list[np.random.Generator]) -> np.ndarray:
@@ -227,9 +227,7 @@ def sample_episode(config: SystemConfig, uniforms: np.ndarray) -> SystemState:
                                  radio.min_distance_m)
 
     rate, power, memory = _device_draws(config, cur, (n, k))
-    server_peak, server_power = _server_draws(config, cur)
-    if config.server.clock_hz is None:
-        server_peak = server_peak  # utilization is applied per layer size in the cost model
+    server_peak, server_power = _server_draws(config, cur)  # utilization: per layer size, in the cost model
     power_max = _uniform(cur.take(n), radio.power_max_w)
     seq_len = _integer(cur.take(n), wl.seq_len)
     q0 = _uniform(cur.take(n, m), config.service.q0)
@@ -239,7 +237,6 @@ def sample_episode(config: SystemConfig, uniforms: np.ndarray) -> SystemState:
         queue = np.full((batch, n), float(wl.batch_max))
     levels = len(config.server.load_levels)
     load_index = np.minimum((cur.take(m) * levels).astype(np.int64), levels - 1)
-    cur.take(n)  # reserved for per-user heterogeneity added later; keeps draws stable
     assert cur.used == uniforms.shape[1], "episode_draw_count is out of date"
 
     state = SystemState(
