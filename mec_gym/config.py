@@ -53,6 +53,18 @@ def _unit_interval(value: float, name: str, closed_low: bool = True, closed_high
     _check(ok, name, f"must lie in {lo}0, 1{hi}, got {value!r}")
 
 
+def _check_clock_model(spec: DeviceSpec | ServerSpec, prefix: str) -> None:
+    """The [LZ24] clock model is all-or-nothing: clock range, cores, FLOPs per cycle and κ."""
+    clock_fields = (spec.clock_hz, spec.cores, spec.flops_per_cycle, spec.kappa)
+    if any(v is not None for v in clock_fields):
+        _check(all(v is not None for v in clock_fields), f"{prefix}.clock_hz",
+               "the clock model needs clock_hz, cores, flops_per_cycle and kappa together")
+        _check_range(spec.clock_hz, f"{prefix}.clock_hz")
+        _check_range(spec.cores, f"{prefix}.cores")
+        _check_range(spec.flops_per_cycle, f"{prefix}.flops_per_cycle")
+        _positive(spec.kappa, f"{prefix}.kappa")
+
+
 @dataclass(frozen=True)
 class DeviceSpec:
     """On-device hardware of every chain node, drawn per node and per episode.
@@ -84,14 +96,7 @@ class DeviceSpec:
         for value in self.memory_choices_gb:
             _positive(value, f"{prefix}.memory_choices_gb")
         _unit_interval(self.frequency_min, f"{prefix}.frequency_min", closed_low=False)
-        clock_fields = (self.clock_hz, self.cores, self.flops_per_cycle, self.kappa)
-        if any(v is not None for v in clock_fields):
-            _check(all(v is not None for v in clock_fields), f"{prefix}.clock_hz",
-                   "the clock model needs clock_hz, cores, flops_per_cycle and kappa together")
-            _check_range(self.clock_hz, f"{prefix}.clock_hz")
-            _check_range(self.cores, f"{prefix}.cores")
-            _check_range(self.flops_per_cycle, f"{prefix}.flops_per_cycle")
-            _positive(self.kappa, f"{prefix}.kappa")
+        _check_clock_model(self, prefix)
 
 
 @dataclass(frozen=True)
@@ -144,14 +149,7 @@ class ServerSpec:
         _check(self.downlink_power_w >= 0, f"{prefix}.downlink_power_w", "must be >= 0")
         _check(self.energy_model in ("time_share", "frequency"), f"{prefix}.energy_model",
                f"must be 'time_share' or 'frequency', got {self.energy_model!r}")
-        clock_fields = (self.clock_hz, self.cores, self.flops_per_cycle, self.kappa)
-        if any(v is not None for v in clock_fields):
-            _check(all(v is not None for v in clock_fields), f"{prefix}.clock_hz",
-                   "the clock model needs clock_hz, cores, flops_per_cycle and kappa together")
-            _check_range(self.clock_hz, f"{prefix}.clock_hz")
-            _check_range(self.cores, f"{prefix}.cores")
-            _check_range(self.flops_per_cycle, f"{prefix}.flops_per_cycle")
-            _positive(self.kappa, f"{prefix}.kappa")
+        _check_clock_model(self, prefix)
 
 
 @dataclass(frozen=True)
