@@ -222,6 +222,8 @@ class WorkloadConfig:
     ``flops_model``: ``"transformer"`` (SPEC §3.3 count from the catalog shapes) or
     ``"lz24"`` ([LZ24] ψ(d) = 72·B·d·h² + 12·B·d²·h per layer and batch).
     ``arrival_rate`` = 0 means constant full batches (paper presets).
+    ``local_iterations``: training iterations per round before the aggregation upload ([CP25]'s I);
+    a round trains local_iterations × b sequences.
     """
 
     seq_len: tuple[int, int] = (512, 512)
@@ -241,6 +243,7 @@ class WorkloadConfig:
     lipschitz: float = 1.0
     stability_samples: int = 0
     energy_budget_j: float = 0.0
+    local_iterations: int = 1
 
     def validate(self, prefix: str = "workload") -> None:
         _check_range(self.seq_len, f"{prefix}.seq_len")
@@ -264,6 +267,8 @@ class WorkloadConfig:
                f"{prefix}.microbatches", f"must be an integer in [1, max_microbatches={self.max_microbatches}]")
         _check(math.isfinite(self.overhead_s) and self.overhead_s >= 0, f"{prefix}.overhead_s", "must be >= 0")
         _positive(self.lipschitz, f"{prefix}.lipschitz")
+        _check(isinstance(self.local_iterations, int) and self.local_iterations >= 1, f"{prefix}.local_iterations",
+               f"must be an integer >= 1, got {self.local_iterations!r}")
         _check(isinstance(self.stability_samples, int) and self.stability_samples >= 0,
                f"{prefix}.stability_samples", "must be an integer >= 0 (0 = the round's batch)")
         _check(math.isfinite(self.energy_budget_j) and self.energy_budget_j >= 0, f"{prefix}.energy_budget_j",

@@ -478,3 +478,24 @@ def test_round_liu2024_matches_lz24_equations():
         assert metrics.stability[0, n] == pytest.approx(2.0 / (512 * fraction), rel=1e-12)
         total_delay += latency
     assert metrics.delay_s[0] == pytest.approx(total_delay / config.num_users, rel=1e-9)
+
+
+def test_local_iterations_repeat_the_pipeline_but_not_the_aggregation_upload():
+    """[CP25] T = I·T_pipe + T_up: I iterations scale pipeline time and energy, not the aggregation upload."""
+    decision_model = decision
+    base = make_config("collapipe", **{"workload.energy_budget_j": 0.0})
+    configs = {i: base.override({"workload.local_iterations": i}) for i in (1, 3)}
+    rng = np.random.default_rng(5)
+    uniforms = rng.random((4, dynamics.episode_draw_count(base)))
+    out = {}
+    for i, config in configs.items():
+        state = dynamics.sample_episode(config, uniforms)
+        out[i] = costs.evaluate(config, state, decision_model.complete(config, state, decision_model.Decision()))
+    one, three = out[1], out[3]
+    np.testing.assert_allclose(three.forward_s, 3 * one.forward_s, rtol=1e-12)
+    np.testing.assert_allclose(three.backward_s, 3 * one.backward_s, rtol=1e-12)
+    np.testing.assert_allclose(three.aggregation_s, one.aggregation_s, rtol=1e-12)
+    per_iteration = one.energy_server_j
+    np.testing.assert_allclose(three.energy_server_j, 3 * per_iteration, rtol=1e-12)
+    assert np.all(three.energy_device_j > one.energy_device_j)
+    assert np.all(three.energy_device_j < 3 * one.energy_device_j)  # the upload is paid once

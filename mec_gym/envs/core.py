@@ -94,7 +94,7 @@ class EdgeTrainingCore:
         envs = np.arange(self.num_envs)
         normals = self.randomness.normals[envs, rows]
         uniforms = self.randomness.uniforms[envs, rows]
-        trained = np.where(metrics.dropped, 0.0, metrics.sequences)
+        trained = np.where(metrics.dropped, 0.0, metrics.sequences * config.workload.local_iterations)
         dynamics.transition(config, state, normals, uniforms, trained, metrics.energy_device_j, d.server,
                             metrics.server_work_flops)
         exhausted = np.flatnonzero(state.round % self.randomness.block == 0)

@@ -34,7 +34,7 @@ class RoundMetrics:
     memory_bytes: np.ndarray  # [B,N,K] peak memory of each node
     uplink_rate_bps: np.ndarray
     server_work_flops: np.ndarray  # FLOPs the user's server runs this round
-    sequences: np.ndarray  # b_n
+    sequences: np.ndarray  # b_n, sequences per training iteration (a round trains local_iterations × b_n)
     dropped: np.ndarray  # bool: latency above the round deadline
     energy_j: np.ndarray  # [B] E = Σ_n E_n
     delay_s: np.ndarray  # [B] mean/max/sum of T_n (config.delay_aggregate)
@@ -141,8 +141,9 @@ def evaluate(config: SystemConfig, state: SystemState, decision: Decision) -> Ro
     The job is a chain of stages — node compute and D2D hops, the uplink of cut activations,
     server compute (forward), then server compute, the downlink of cut gradients, node
     compute and D2D hops (backward) — pipelined over Q micro-batches
-    (:func:`mec_gym.model.pipeline.makespan`), followed by the upload of the user side's
-    trained parameters for aggregation. ``decision`` must be complete
+    (:func:`mec_gym.model.pipeline.makespan`) and repeated for ``local_iterations`` I ([CP25]:
+    T = I·T_pipe + T_up), followed by the upload of the user side's trained parameters for
+    aggregation. ``decision`` must be complete
     (:func:`mec_gym.model.decision.complete`); it is not validated here (hot path).
     """
     spec, wl, radio = config.llm, config.workload, config.radio
@@ -202,12 +203,14 @@ def evaluate(config: SystemConfig, state: SystemState, decision: Decision) -> Ro
 
     hop_fwd_t, hop_bwd_t, hop_e, uplink_sender = _chain_hops(config, state, decision, sequences, act_bits,
                                                              token_bits, noise)
-    node_energy = dev_fwd_e + dev_bwd_e + hop_e
+    # each round runs I = local_iterations pipelined training iterations, then one aggregation upload
+    iterations = wl.local_iterations
+    node_energy = iterations * (dev_fwd_e + dev_bwd_e + hop_e)
     k = config.devices_per_user
     if k == 1:
-        node_energy = node_energy + (up_e + agg_e)[..., None]
+        node_energy = node_energy + (iterations * up_e + agg_e)[..., None]
     else:
-        node_energy = node_energy + (uplink_sender[..., None] == np.arange(k)) * up_e[..., None]
+        node_energy = node_energy + (uplink_sender[..., None] == np.arange(k)) * (iterations * up_e)[..., None]
         node_energy[..., 0] += agg_e
 
     # stage-major [J, B, N]: node compute and D2D hops of every node, the radio link, the server
@@ -215,14 +218,14 @@ def evaluate(config: SystemConfig, state: SystemState, decision: Decision) -> Ro
                                  srv_fwd_t[None]], axis=0)
     bwd_stages = np.concatenate([np.moveaxis(dev_bwd_t, -1, 0), np.moveaxis(hop_bwd_t, -1, 0), down_t[None],
                                  srv_bwd_t[None]], axis=0)
-    forward_s = pipeline.makespan(pipeline.stage_times(fwd_stages, micro, wl.overhead_s), micro)
-    backward_s = pipeline.makespan(pipeline.stage_times(bwd_stages, micro, wl.overhead_s), micro)
+    forward_s = iterations * pipeline.makespan(pipeline.stage_times(fwd_stages, micro, wl.overhead_s), micro)
+    backward_s = iterations * pipeline.makespan(pipeline.stage_times(bwd_stages, micro, wl.overhead_s), micro)
     latency = forward_s + backward_s + agg_t
 
     energy_device = node_energy.sum(axis=-1)
-    energy_server = srv_fwd_e + srv_bwd_e + down_e
+    energy_server = iterations * (srv_fwd_e + srv_bwd_e + down_e)
     energy_user = energy_device + config.server_energy_weight * energy_server
-    samples = np.where(active, float(wl.stability_samples), 0.0) if wl.stability_samples else sequences
+    samples = np.where(active, float(wl.stability_samples), 0.0) if wl.stability_samples else iterations * sequences
     stability = stability_bound(config, local, samples)
     service = service_quality(_pair(state.service_q0, server), _pair(state.service_q1, server),
                               server_layers / layers)

@@ -66,8 +66,12 @@ class SystemState:
         return int(self.round.shape[0])
 
     def batch(self, config: SystemConfig) -> np.ndarray:
-        """Sequences trained this round: b = min(X, b_max) (SPEC §3.6)."""
-        return np.minimum(self.data_queue, float(config.workload.batch_max))
+        """Sequences per training iteration: b = min(X, b_max) (SPEC §3.6); with I local iterations
+        per round, b = min(X, I·b_max)/I, so a round never trains more than the queue holds."""
+        iterations = config.workload.local_iterations
+        if iterations == 1:
+            return np.minimum(self.data_queue, float(config.workload.batch_max))
+        return np.minimum(self.data_queue, float(iterations * config.workload.batch_max)) / iterations
 
     def copy(self) -> SystemState:
         return SystemState(**{f.name: getattr(self, f.name).copy() for f in dataclasses.fields(self)})
@@ -233,8 +237,8 @@ def sample_episode(config: SystemConfig, uniforms: np.ndarray) -> SystemState:
     q0 = _uniform(cur.take(n, m), config.service.q0)
     q1 = _uniform(cur.take(n, m), config.service.q1)
     queue = _integer(cur.take(n), wl.initial_queue).astype(np.float64)
-    if wl.arrival_rate == 0:
-        queue = np.full((batch, n), float(wl.batch_max))
+    if wl.arrival_rate == 0:  # constant full batches: every iteration of every round trains b_max
+        queue = np.full((batch, n), float(wl.batch_max * wl.local_iterations))
     levels = len(config.server.load_levels)
     load_index = np.minimum((cur.take(m) * levels).astype(np.int64), levels - 1)
     assert cur.used == uniforms.shape[1], "episode_draw_count is out of date"
