@@ -89,8 +89,8 @@ def collapipe() -> SystemConfig:
     budget; objective: round latency (max over clusters, w_e = w_s = 0) with the budget
     penalty. Ours: edge GPUs L4/A10/V100 with size-dependent utilization, no background load,
     I = 5 local iterations per round before the control unit uploads the encoder (the top of the
-    notes' 1-5 range: the 1.4 Gbit full-model upload otherwise dwarfs the pipeline), budget 12 J
-    per cluster and round (≈ 55 % of the reference policy's mean device energy, 23 J, in
+    notes' 1-5 range: the 1.4 Gbit full-model upload otherwise dwarfs the pipeline), budget 40 J
+    per cluster and round (≈ 59 % of the reference policy's mean device energy, 68 J, in
     [CP25]'s suggested 50-80 % range), t₀ = 5 ms per message.
     """
     return SystemConfig(
@@ -110,7 +110,7 @@ def collapipe() -> SystemConfig:
         radio=RadioConfig(d2d_bandwidth_hz=10.0e6, d2d_power_max_w=0.2),
         geometry=GeometryConfig(area_m=1000.0, cluster_radius_m=50.0, server_distance_m=(100.0, 500.0)),
         workload=WorkloadConfig(seq_len=(128, 128), batch_max=32, arrival_rate=0.0, peft="full",
-                                microbatches=4, max_microbatches=16, overhead_s=0.005, energy_budget_j=12.0,
+                                microbatches=4, max_microbatches=16, overhead_s=0.005, energy_budget_j=40.0,
                                 local_iterations=5),
     )
 
