@@ -1,4 +1,4 @@
-"""The ``mec-gym`` command line (SPEC §1.4): scenarios, simulate, demo, inspect, bench speed."""
+"""The ``mec-gym`` command line (SPEC §1.4): scenarios, simulate, demo, inspect, bench, bench speed."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="mec_gym: collaborative LLM training at the mobile edge.")
-bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks.")
+bench_app = typer.Typer(no_args_is_help=False, help="Benchmarks: policies on identical evaluation seeds; env speed.")
 inspect_app = typer.Typer(no_args_is_help=True, help="Inspect the system model.")
 app.add_typer(bench_app, name="bench")
 app.add_typer(inspect_app, name="inspect")
@@ -179,6 +179,66 @@ def inspect_split(
     for name, best in regimes.items():
         table.add_row(name, f"{(best == low).mean():.0%}", f"{((best > low) & (best < top)).mean():.0%}",
                       f"{(best == top).mean():.0%}", f"{best.mean():.2f}")
+    console.print(table)
+
+
+@bench_app.callback(invoke_without_command=True)
+def bench(
+    ctx: typer.Context,
+    scenario: Annotated[str, typer.Option(help="scenario preset or 'tiny' (the oracle's instance)")] = "default",
+    policies: Annotated[str | None, typer.Option(
+        help="comma-separated policy names (default: the heuristics, plus the oracle on tiny instances)")] = None,
+    seeds: Annotated[int | None, typer.Option(help="evaluation seeds 10000, 10001, ... (default 10; quick 3)")] = None,
+    episodes: Annotated[int | None, typer.Option(help="episodes per seed (default 1)")] = None,
+    rounds: Annotated[int | None, typer.Option(help="rounds per episode (default: the scenario's; quick 16)")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a scenario parameter, key=value "
+                                                                 "(repeatable)")] = None,
+    out: Annotated[Path | None, typer.Option(help="output folder (default runs/bench/SCENARIO)")] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="a few short episodes and 4 oracle states")] = False,
+    oracle_states: Annotated[int | None, typer.Option(
+        help="tiny states for the optimality gaps to the oracle (default 16; quick 4; 0 = off)")] = None,
+) -> None:
+    """Compare policies on identical evaluation seeds (SPEC §6.8); writes OUT/results.csv and results.md.
+
+    Every policy runs the same episodes (seeds 10000 + i, disjoint from training seeds); the
+    table gives mean ± 95 % CI of return, energy, delay, stability, SCR, drops and budget
+    violation, decision time per round (median, p95) and the optimality gap to the exhaustive
+    oracle on tiny instances. Subcommand: ``mec-gym bench speed``.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from agents import benchmark
+
+    try:
+        overrides = _parse_sets(set_)
+        names = None if policies is None else policies.split(",")
+        result = benchmark.run_benchmark(scenario, names, seeds=seeds, episodes=episodes, rounds=rounds,
+                                         overrides=overrides, quick=quick, oracle_states=oracle_states,
+                                         progress=True)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from error
+    folder = out if out is not None else Path("runs/bench") / scenario
+    written = benchmark.write_results(result, folder)
+    _print_results(result)
+    console.print(f"{result.wall_s:.1f} s; wrote {', '.join(str(p) for p in written[:2])} (+ episodes, plots, meta)")
+
+
+def _print_results(result) -> None:
+    """The console summary (means; return ± 95 % CI). The full table with every CI is results.md."""
+    table = Table(title=f"{result.scenario}: {len(result.seeds)} seeds × {result.episodes} episode(s) × "
+                        f"{result.rounds} rounds")
+    for col in ("policy", "return ± CI", "energy J", "delay s", "stability", "drops", "ms/round", "gap %"):
+        table.add_column(col, justify="right")
+
+    def number(value: float, digits: int) -> str:
+        return "—" if np.isnan(value) else f"{value:.{digits}f}"
+
+    for row in result.rows():
+        half = row["return_ci95"]
+        table.add_row(row["policy"], number(row["return_mean"], 2) + ("" if np.isnan(half) else f" ± {half:.2f}"),
+                      number(row["energy_j_mean"], 1), number(row["delay_s_mean"], 2),
+                      number(row["stability_mean"], 3), number(row["drops_mean"], 2),
+                      number(row["decision_ms_median"], 2), number(row["oracle_gap_pct_mean"], 2))
     console.print(table)
 
 

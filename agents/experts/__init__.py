@@ -1,0 +1,1 @@
+"""Optimization experts: the papers' solvers and the exhaustive oracle (SPEC §6.3-6.6)."""
