@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/mec-gym demo --scenario default --seeds 3 --out runs/demo
+	$(BIN)/mec-gym bench --scenario default --quick
 
 test: setup
 	$(BIN)/ruff check mec_gym agents tests

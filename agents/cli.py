@@ -245,36 +245,38 @@ def _print_results(result) -> None:
 @bench_app.command("speed")
 def bench_speed(
     scenario: Annotated[str, typer.Option(help="scenario preset, or 'all'")] = "default",
-    steps: Annotated[int, typer.Option(help="steps to time per measurement")] = 5000,
+    num_envs: Annotated[str, typer.Option(help="comma-separated batch sizes of the native env")] =
+        "1,16,256,1024,4096,16384",
+    sync_envs: Annotated[str, typer.Option(help="comma-separated sizes for SyncVectorEnv (slow)")] = "16",
+    workers: Annotated[str, typer.Option(help="comma-separated thread counts of the native env")] = "1,2",
+    seconds: Annotated[float, typer.Option(help="minimum seconds per measurement")] = 2.0,
     out: Annotated[Path, typer.Option(help="output folder")] = Path("runs/speed"),
 ) -> None:
-    """Single-environment steps/s with random actions (reset time included at episode ends)."""
+    """Env-steps/s with random actions: single env, SyncVectorEnv, native batched env; peak bytes per env."""
     import mec_gym
+    from agents import speed
+
+    def ints(text: str) -> list[int]:
+        try:
+            return [int(x) for x in text.split(",") if x.strip()]
+        except ValueError as error:
+            raise typer.BadParameter(f"expected comma-separated integers, got {text!r}") from error
 
     names = list(mec_gym.ENV_IDS.values()) if scenario == "all" else [scenario]
-    table = Table(title="single-env speed (random actions)")
-    for col in ("scenario", "steps", "steps/s", "µs/step"):
+    try:
+        rows = speed.run(names, ints(num_envs), ints(sync_envs), ints(workers), seconds,
+                         progress=lambda label: console.log(label))
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from error
+    table = Table(title="environment speed (random actions)")
+    for col in ("scenario", "kind", "num_envs", "threads", "env-steps/s", "peak bytes/env"):
         table.add_column(col, justify="right")
-    rows = []
-    for name in names:
-        env = _make_env(name, None)
-        env.reset(seed=0)
-        env.action_space.seed(0)
-        actions = [env.action_space.sample() for _ in range(256)]
-        for i in range(200):  # warm-up
-            env.step(actions[i % 256])[3] and env.reset()
-        start = time.perf_counter()
-        for i in range(steps):
-            if env.step(actions[i % 256])[3]:
-                env.reset()
-        elapsed = time.perf_counter() - start
-        rows.append({"scenario": name, "steps": steps, "steps_per_s": steps / elapsed})
-        table.add_row(name, str(steps), f"{steps / elapsed:,.0f}", f"{1e6 * elapsed / steps:.1f}")
+    for r in rows:
+        table.add_row(r.scenario, r.kind, str(r.num_envs), str(r.workers), f"{r.steps_per_s:,.0f}",
+                      "—" if np.isnan(r.peak_bytes_per_env) else f"{r.peak_bytes_per_env:,.0f}")
     console.print(table)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "single_env.json.tmp"
-    tmp.write_text(json.dumps(rows, indent=2))
-    tmp.replace(out / "single_env.json")
+    paths = speed.write(rows, out)
+    console.print(f"wrote {paths[0]} and {paths[1]}")
 
 
 def main() -> None:
