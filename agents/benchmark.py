@@ -51,6 +51,8 @@ from scipy import stats
 
 from agents.base import ModelPolicy, Policy
 from agents.experts import oracle as oracle_module
+from agents.experts.dssra import DSSRA, DSSRALatencyOnly
+from agents.experts.titanic import TitanicPolicy
 from agents.heuristics import HEURISTICS
 from mec_gym.config import SystemConfig
 from mec_gym.model import costs, decision, reference
@@ -81,6 +83,8 @@ TIMING_COLUMNS = ("decision_ms_median", "decision_ms_p95")
 
 _POLICIES: dict[str, Callable[[], Policy]] = {**HEURISTICS, "oracle": oracle_module.OraclePolicy}
 _PREFIXES: dict[str, Callable[[str], Policy]] = {}
+# [CP25] DSSRA, its latency-only variant (V → ∞) and the TITANIC-like baseline
+_POLICIES.update({"dssra": DSSRA, "dssra_latency_only": DSSRALatencyOnly, "titanic": TitanicPolicy})
 
 
 def register_policy(name: str, factory: Callable[[], Policy]) -> None:

@@ -18,6 +18,8 @@ bench_app = typer.Typer(no_args_is_help=False, help="Benchmarks: policies on ide
 inspect_app = typer.Typer(no_args_is_help=True, help="Inspect the system model.")
 app.add_typer(bench_app, name="bench")
 app.add_typer(inspect_app, name="inspect")
+reproduce_app = typer.Typer(no_args_is_help=True, help="Reproduce the papers' experiments.")
+app.add_typer(reproduce_app, name="reproduce")
 console = Console()
 
 POLICIES = ("reference", "random")
@@ -277,6 +279,18 @@ def bench_speed(
     console.print(table)
     paths = speed.write(rows, out)
     console.print(f"wrote {paths[0]} and {paths[1]}")
+
+
+@reproduce_app.command("collapipe")
+def reproduce_collapipe(
+    quick: Annotated[bool, typer.Option("--quick", help="2 seeds × 6 rounds (as MEC_GYM_QUICK=1)")] = False,
+    out: Annotated[Path, typer.Option(help="output folder")] = Path("runs/reproduce/collapipe"),
+) -> None:
+    """[CP25] DSSRA vs PipeLine, VanillaFL, TITANIC: latency, efficiency, memory, energy vs budget; V trade-off."""
+    from agents import reproduce_collapipe as experiment
+
+    results = experiment.run(quick, out, log=console.print)
+    console.print_json(data=results["headline"])
 
 
 def main() -> None:

@@ -41,3 +41,12 @@ def test_simulate_rejects_unknown_override() -> None:
     result = runner.invoke(app, ["simulate", "--set", "num_userz=3"])
     assert result.exit_code != 0
     assert "valid names" in result.output
+
+
+def test_bench_runs_dssra_on_collapipe(tmp_path) -> None:
+    result = runner.invoke(app, ["bench", "--scenario", "collapipe", "--policies", "dssra,vanilla_fl", "--seeds", "1",
+                                 "--rounds", "2", "--oracle-states", "0", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    rows = {r["policy"]: r for r in csv.DictReader(open(tmp_path / "results.csv", encoding="utf-8"))}
+    assert set(rows) == {"dssra", "vanilla_fl"}
+    assert float(rows["dssra"]["delay_s_mean"]) < float(rows["vanilla_fl"]["delay_s_mean"])
