@@ -20,6 +20,8 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(inspect_app, name="inspect")
 reproduce_app = typer.Typer(no_args_is_help=True, help="Reproduce the papers' experiments.")
 app.add_typer(reproduce_app, name="reproduce")
+train_app = typer.Typer(no_args_is_help=True, help="Train RL agents (stable-baselines3 PPO/SAC; RLlib PPO).")
+app.add_typer(train_app, name="train")
 console = Console()
 
 POLICIES = ("reference", "random")
