@@ -92,7 +92,7 @@ class EdgeTrainingCore:
         terms = costs.reward_terms(config, metrics, self.scales)
         rows = state.round % self.randomness.block
         envs = np.arange(self.num_envs)
-        normals = self.randomness.normals[envs, rows]
+        normals = self.randomness.normals[envs, rows].astype(np.float64)
         uniforms = self.randomness.uniforms[envs, rows]
         trained = np.where(metrics.dropped, 0.0, metrics.sequences * config.workload.local_iterations)
         dynamics.transition(config, state, normals, uniforms, trained, metrics.energy_device_j, d.server,

@@ -97,32 +97,35 @@ class ObservationBuilder:
         return spaces.Box(self.low, self.high, dtype=np.float32)
 
     def flat(self, state: SystemState) -> np.ndarray:
-        """Observations [B, size], float32."""
+        """Observations [B, size], float32: each field written once into its slice, then clipped in place."""
         config = self.config
         b = state.round.shape[0]
         wl = config.workload
-        parts = [
-            _gain_feature(state.gain).reshape(b, -1),
-            state.data_queue / (state.data_queue + wl.batch_max),
-            state.energy_queue / (state.energy_queue + self.budget) if self.budget > 0 else np.zeros_like(
-                state.energy_queue),
-            state.load,
-            state.users_per_server / config.num_users,
-            state.server_work_flops / (state.server_work_flops + self.work_ref),
-            state.server_peak_flops / self.server_ref,
-            (state.device_rate_flops / self.device_ref).reshape(b, -1),
-            np.minimum(state.max_layers / config.num_layers, 1.0).reshape(b, -1),
-            state.power_max_w / self.power_ref,
-            state.seq_len / self.seq_ref,
-        ]
+        obs = np.empty((b, self.size), dtype=np.float32)
+
+        def put(name: str, value: np.ndarray) -> None:
+            obs[:, self.layout[name][0]] = value.reshape(b, -1)
+
+        put("channel_gain_db", _gain_feature(state.gain))
+        put("data_queue", state.data_queue / (state.data_queue + wl.batch_max))
+        put("energy_queue", state.energy_queue / (state.energy_queue + self.budget) if self.budget > 0
+            else np.zeros_like(state.energy_queue))
+        put("server_load", state.load)
+        put("users_per_server", state.users_per_server / config.num_users)
+        put("server_work", state.server_work_flops / (state.server_work_flops + self.work_ref))
+        put("server_capability", state.server_peak_flops / self.server_ref)
+        put("device_capability", state.device_rate_flops / self.device_ref)
+        put("device_memory", state.max_layers / config.num_layers)
+        put("power_max", state.power_max_w / self.power_ref)
+        put("sequence_length", state.seq_len / self.seq_ref)
         if config.devices_per_user > 1:
             i, j = np.triu_indices(config.devices_per_user, 1)
-            parts.append(_gain_feature(state.d2d_gain[:, :, i, j]).reshape(b, -1))
+            put("d2d_gain_db", _gain_feature(state.d2d_gain[:, :, i, j]))
         if config.objective == "scr":
-            parts += [state.service_q0.reshape(b, -1), state.service_q1.reshape(b, -1)]
-        parts.append((state.round / config.rounds)[:, None])
-        obs = np.concatenate(parts, axis=-1).astype(np.float32)
-        return np.clip(obs, self.low, self.high)
+            put("service_q0", state.service_q0)
+            put("service_q1", state.service_q1)
+        put("round", state.round / config.rounds)
+        return np.clip(obs, self.low, self.high, out=obs)
 
     def to_dict(self, flat: np.ndarray) -> dict[str, np.ndarray]:
         """Split flat observations ([B, size] or [size]) into the named fields."""
@@ -131,4 +134,8 @@ class ObservationBuilder:
 
 
 def _gain_feature(gain: np.ndarray) -> np.ndarray:
-    return np.clip((10.0 * np.log10(np.maximum(gain, 1e-30)) + 100.0) / 50.0, -1.0, 1.0)
+    """(10·log10 g + 100)/50, unclipped (``flat`` clips every field to its bounds)."""
+    feature = np.log10(np.maximum(gain, 1e-30))
+    feature *= 0.2
+    feature += 2.0
+    return feature

@@ -313,13 +313,18 @@ class RoundRandomness:
 
     ``refill(rows)`` draws the next ``random_block`` rounds for the given environments; the
     buffer row an environment reads in round t is ``t % random_block``.
+
+    Normals are drawn in float32 (NumPy's 32-bit ziggurat, about twice as fast as the 64-bit
+    one and half the buffer memory; ample resolution for fading, shadowing and mobility
+    innovations) and promoted to float64 when read. Uniforms stay float64: they are compared
+    against probabilities and CDF values.
     """
 
     def __init__(self, config: SystemConfig, batch: int) -> None:
         self.config = config
         self.block = config.random_block
         n_norm, n_unif = innovation_sizes(config)
-        self.normals = np.zeros((batch, self.block, n_norm))
+        self.normals = np.zeros((batch, self.block, n_norm), dtype=np.float32)
         self.uniforms = np.zeros((batch, self.block, n_unif))
         self.generators: list[np.random.Generator | None] = [None] * batch
 
@@ -332,8 +337,8 @@ class RoundRandomness:
         n_norm, n_unif = self.normals.shape[2], self.uniforms.shape[2]
         for i in rows:
             g = self.generators[i]
-            self.normals[i] = g.standard_normal((self.block, n_norm))
-            self.uniforms[i] = g.random((self.block, n_unif))
+            g.standard_normal((self.block, n_norm), dtype=np.float32, out=self.normals[i])
+            g.random((self.block, n_unif), out=self.uniforms[i])
 
 
 def transition(config: SystemConfig, state: SystemState, normals: np.ndarray, uniforms: np.ndarray,
