@@ -517,6 +517,25 @@ class _Relaxation:
         cons: list[cp.Constraint] = []
         self.variables: dict[str, cp.Variable] = {}
         self.pipelines: list[tuple[cp.Variable, list[cp.Expression]]] = []  # (max-stage epigraph, stage times)
+        self.exponentials: list[tuple[cp.Variable, cp.Expression, np.ndarray]] = []  # (t, x, used): t ≥ e^x
+
+        def exp(x: cp.Expression, used: np.ndarray) -> cp.Expression:
+            """e^x on the slots where it has a cost (``used``), 0 elsewhere, through an explicit
+            epigraph variable t ≥ e^x; constants stay numbers. Costs are then linear in the solver's
+            own conic variables, so a block's value read back is the solver's objective for it, not
+            the exact cost re-evaluated at an approximate primal point (which can exceed the
+            relaxation's optimum and would not be a lower bound). Unused slots are pinned to 0: a
+            free epigraph variable drifts and ruins the interior point's accuracy."""
+            if not x.variables():
+                return cp.Constant(np.where(used, np.exp(x.value), 0.0))
+            t = cp.Variable(size, nonneg=True)
+            index = np.flatnonzero(used)
+            if len(index):
+                cons.append(t[index] >= cp.exp(x[index]))
+            if len(index) < size:
+                cons.append(t[np.flatnonzero(~used)] == 0)
+            self.exponentials.append((t, x, used))
+            return t
 
         def variable(name: str, low: np.ndarray, high: np.ndarray) -> cp.Variable:
             var = cp.Variable(size, name=name)
@@ -558,28 +577,32 @@ class _Relaxation:
         self.z = {"up": const.kappa_up + q - b, "down": const.kappa_down - b}
         y_up = epigraph("up", self.z["up"])
         y_down = epigraph("down", self.z["down"])
-        up_unit = cp.exp(-b - y_up)  # s/r per bit/Hz of payload
+        uplink = (const.up_bits_per_hz + const.agg_bits_per_hz) > 0
+        up_unit = exp(-b - y_up, uplink)  # s/r per bit/Hz of payload
         up_time = cp.multiply(const.up_bits_per_hz, up_unit)
         agg_time = cp.multiply(const.agg_bits_per_hz, up_unit)
-        up_energy_unit = cp.exp(q - b - y_up)
-        down_time = cp.multiply(const.down_bits_per_hz, cp.exp(-b - y_down))
-        server_unit = cp.exp(-c)
+        up_energy_unit = exp(q - b - y_up, uplink)
+        down_time = cp.multiply(const.down_bits_per_hz, exp(-b - y_down, const.down_bits_per_hz > 0))
+        server_unit = exp(-c, const.srv_t.sum(axis=1) > 0)
         srv_time = [cp.multiply(const.srv_t[:, phase], server_unit) for phase in range(2)]
         if config.server.energy_model == "frequency":
-            srv_energy = cp.multiply(const.srv_e.sum(axis=1), cp.exp(2 * c))
+            srv_energy = cp.multiply(const.srv_e.sum(axis=1), exp(2 * c, const.srv_e.sum(axis=1) > 0))
         else:
             srv_energy = const.srv_e.sum(axis=1)
-        dev_time = [[cp.multiply(const.dev_t[:, phase, j], cp.exp(-v[j])) for j in range(k)] for phase in range(2)]
-        dev_energy = sum(cp.multiply(const.dev_e[:, :, j].sum(axis=1), cp.exp(2 * v[j])) for j in range(k))
+        slowdown = [exp(-v[j], const.dev_t[:, :, j].sum(axis=1) > 0) for j in range(k)]
+        dev_time = [[cp.multiply(const.dev_t[:, phase, j], slowdown[j]) for j in range(k)] for phase in range(2)]
+        node_energy = [const.dev_e[:, :, j].sum(axis=1) for j in range(k)]
+        dev_energy = sum(cp.multiply(node_energy[j], exp(2 * v[j], node_energy[j] > 0)) for j in range(k))
         hop_time = [zero, zero]
         hop_energy = zero
         if k == 2:
             for direction in range(2):  # forward sent by node 1 at its power, backward by node 2 at its own
                 self.z[f"hop{direction}"] = const.kappa_hop + qd[direction]
                 y_hop = epigraph(f"hop{direction}", self.z[f"hop{direction}"])
-                hop_time[direction] = cp.multiply(const.hop_bits_per_hz[:, direction], cp.exp(-y_hop))
+                sends = const.hop_bits_per_hz[:, direction] > 0
+                hop_time[direction] = cp.multiply(const.hop_bits_per_hz[:, direction], exp(-y_hop, sends))
                 hop_energy = hop_energy + cp.multiply(const.hop_bits_per_hz[:, direction],
-                                                      cp.exp(qd[direction] - y_hop))
+                                                      exp(qd[direction] - y_hop, sends))
 
         micro = blocks.micro.astype(np.float64)
         overhead = wl.overhead_s
@@ -631,7 +654,8 @@ class _Relaxation:
             slot = (w.energy / scales.energy_j) * self.energy_user + (w.stability / (users * scales.stability)) * \
                 const.stability
             if wl.energy_budget_j > 0:
-                excess = cp.pos(self.energy_device - wl.energy_budget_j)
+                excess = cp.Variable(size, nonneg=True)
+                cons.append(excess >= self.energy_device - wl.energy_budget_j)
                 slot = slot + (w.budget / (users * wl.energy_budget_j)) * excess
             if config.delay_aggregate == "max":
                 delay = cp.Variable(blocks.count)
@@ -793,6 +817,8 @@ def restated_metrics(config: SystemConfig, state: SystemState, decision: Decisio
         values[f"y_{name}"] = _psi(value)
     for name, variable in relaxation.variables.items():
         variable.value = values[name]
+    for epigraph, exponent, used in relaxation.exponentials:
+        epigraph.value = np.where(used, np.exp(np.asarray(exponent.value, dtype=np.float64)), 0.0)
     for peak, taus in relaxation.pipelines:
         peak.value = np.max([np.asarray(tau.value, dtype=np.float64) for tau in taus], axis=0)
     return {"latency_s": np.asarray(relaxation.latency.value),
