@@ -51,6 +51,8 @@ from scipy import stats
 
 from agents.base import ModelPolicy, Policy
 from agents.experts import oracle as oracle_module
+from agents.experts.dashf import DashfPolicy
+from agents.experts.dashf_baselines import BASELINES as DASHF_BASELINES
 from agents.experts.dssra import DSSRA, DSSRALatencyOnly
 from agents.experts.titanic import TitanicPolicy
 from agents.heuristics import HEURISTICS
@@ -85,6 +87,8 @@ _POLICIES: dict[str, Callable[[], Policy]] = {**HEURISTICS, "oracle": oracle_mod
 _PREFIXES: dict[str, Callable[[str], Policy]] = {}
 # [CP25] DSSRA, its latency-only variant (V → ∞) and the TITANIC-like baseline
 _POLICIES.update({"dssra": DSSRA, "dssra_latency_only": DSSRALatencyOnly, "titanic": TitanicPolicy})
+# [QZ24] DASHF and the baselines of its figures (dashf_exhaustive: 252 DASHF solves per round at N = 10)
+_POLICIES.update({"dashf": DashfPolicy, **DASHF_BASELINES})
 
 
 def register_policy(name: str, factory: Callable[[], Policy]) -> None:
@@ -318,6 +322,13 @@ def run_benchmark(scenario: str = "default", policies: Sequence[str] | None = No
     instances = {name: make_policy(name) for name in policies}  # unknown names fail here, before any work
     if "oracle" in instances:
         oracle_module.check_instance(config)
+    for name, instance in instances.items():  # experts that cannot model the scenario fail here too
+        check = getattr(instance, "check_config", None)
+        if check is not None:
+            try:
+                check(config)
+            except ValueError as error:
+                raise ValueError(f"policy {name!r} cannot run on scenario {scenario!r}: {error}") from error
 
     from mec_gym.envs.edge_training import EdgeTrainingEnv
 

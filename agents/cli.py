@@ -295,6 +295,27 @@ def reproduce_collapipe(
     console.print_json(data=results["headline"])
 
 
+@reproduce_app.command("qian2024")
+def reproduce_qian2024(
+    quick: Annotated[bool, typer.Option("--quick", help="4 users, 3 seeds, 2 points per sweep (as MEC_GYM_QUICK=1)")]
+    = False,
+    out: Annotated[Path, typer.Option(help="output folder")] = Path("runs/reproduce/qian2024"),
+) -> None:
+    """[QZ24] DASHF vs its baselines and the exhaustive association bound: SCR per Dinkelbach iteration, vs
+    p_max, bandwidth, server compute, number of users."""
+    from agents import reproduce_qian2024 as experiment
+
+    results = experiment.run(quick, out, log=console.print)
+    console.print(results["gap_table"])
+    console.print_json(data={"dashf": results["gap"]["dashf"], "verdict": results["verdict"],
+                             "runtime_s": results["runtime_s"], "files": results["files"]})
+
+
+from agents import cli_rl  # noqa: E402  (train ppo|sac, evaluate; imports torch only when run)
+
+cli_rl.register(app, train_app)
+
+
 def main() -> None:
     app()
 
