@@ -4,6 +4,8 @@ and the exhaustive association bound."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import cvxpy as cp
 import gymnasium as gym
 import numpy as np
@@ -400,3 +402,79 @@ def test_cli_has_the_reproduction_command() -> None:
 
     result = CliRunner().invoke(app, ["reproduce", "qian2024", "--help"])
     assert result.exit_code == 0 and "--quick" in result.output
+
+
+@pytest.mark.filterwarnings("ignore:Solution may be inaccurate")
+def test_clarabel_failure_on_the_sdp_is_answered_by_scs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Clarabel is named first for the SDR, SCS second: when Clarabel fails on an SDP, SCS answers it and the
+    relaxation still drives Block A (no fallback to per-pair gains)."""
+    real_solve = cp.Problem.solve
+
+    def clarabel_fails(problem, *args, **kwargs):
+        if kwargs.get("solver") == "CLARABEL" and any(isinstance(c, cp.constraints.PSD) for c in problem.constraints):
+            raise cp.error.SolverError("injected Clarabel failure")
+        return real_solve(problem, *args, **kwargs)
+
+    monkeypatch.setattr(cp.Problem, "solve", clarabel_fails)
+    assert DashfSettings().sdp_solvers == ("CLARABEL", "SCS")
+    config = make_config("qian2024", num_users=4, **{"server.capacity": 2})
+    state = one_state(config, 2)
+    result = DashfSolver(config, FAST).solve(state)
+    trace = result.trace
+    assert trace.sdp_solvers.get("SCS", 0) == trace.block_a_solves >= 1 and "CLARABEL" not in trace.sdp_solvers
+    assert trace.sdp_fallbacks == 0 and len(trace.rank_one_ratio) == trace.block_a_solves
+    assert np.all(np.diff(trace.lambdas) >= 0.0)
+    assert_feasible(config, state, result.decision)
+
+
+def test_sdp_data_is_scaled_to_order_one() -> None:
+    """The SDP sees coefficients in O(1) units (largest magnitude 1) whatever the raw SI magnitudes."""
+    config = make_config("qian2024")
+    state = one_state(config, 6)
+    solver = DashfSolver(config, FAST)
+    terms = pair_terms(config, state)
+    point = solver._enforce(state, solver._initial(state, None))
+    sdp = AssociationSDP(10, 2, 5, FAST.tangent_shares)
+    sdp.set(**solver._qcqp_data(terms, point, lam=0.5))
+    data = [sdp.x_gain, sdp.y_gain, sdp.z_cost, sdp.rho_gain, sdp.beta, sdp.phi_square]
+    assert max(np.abs(p.value).max() for p in data) == pytest.approx(1.0)
+    assert np.all(sdp.rho_high.value <= 1.0) and np.all(sdp.rho_low.value >= 0.0)
+
+
+def test_block_b_reaches_a_stationary_point_of_the_radio_cost() -> None:
+    """Zhao's transform iterated to its fixed point: no feasible move of one user's power by ±10 %, or of 10 %
+    of the smaller share between two users of one server, lowers Block B's exact radio cost by more than
+    round-off — while the same moves do lower it at the start (equal shares, p_max), so the check bites."""
+    config = make_config("qian2024")
+    state = one_state(config, 9)
+    solver = DashfSolver(config, dataclasses.replace(FAST, max_dinkelbach=1, max_ao=1))
+    terms = pair_terms(config, state)
+    start = solver._enforce(state, solver._initial(state, None))
+    start.delta = np.full(10, config.num_layers - 1)  # every user offloads: activations to upload
+    lam = 0.5
+
+    def best_move(point) -> float:
+        """The largest relative decrease of the radio cost over the moves (≥ 0 at a local minimum)."""
+        cost = solver._radio_cost(terms, point, point.bandwidth, point.power, lam)[0]
+        changes = []
+        for user in range(10):
+            for factor in (0.9, 1.1):
+                power = point.power.copy()
+                power[user] = np.clip(power[user] * factor, terms.power_low[user], terms.power_high[user])
+                changes.append(solver._radio_cost(terms, point, point.bandwidth, power, lam)[0] / cost - 1)
+        for a in range(10):
+            for b in np.flatnonzero((point.server == point.server[a]) & (np.arange(10) != a)):
+                share = point.bandwidth.copy()
+                move = 0.1 * min(share[a], share[b])
+                share[a] += move
+                share[b] -= move
+                changes.append(solver._radio_cost(terms, point, share, point.power, lam)[0] / cost - 1)
+        return -min(changes)
+
+    trace = dashf.DashfTrace()
+    point = solver._block_b(state, terms, start, lam, trace)
+    assert trace.fp_iterations[0] >= 2 and trace.radio_fallbacks == 0
+    assert solver._radio_cost(terms, point, point.bandwidth, point.power, lam)[0] < \
+        solver._radio_cost(terms, start, start.bandwidth, start.power, lam)[0]
+    assert best_move(start) > 1e-5
+    assert best_move(point) <= 1e-8

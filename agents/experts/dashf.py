@@ -164,7 +164,9 @@ class DashfTrace:
     below 1 even when the association is integral); ``rank_one_ratio_association`` the same on the
     [x; ρ; o; 1] block that determines the association. ``randomization_wins``/``eigenvector_wins``: Block-A solves
     where the best Gaussian sample's candidate scored strictly higher / lower than the principal
-    eigenvector's. ``candidate_wins``: which source produced the Block-A winner each time.
+    eigenvector's. ``candidate_wins``: which source produced the Block-A winner each time. ``sdp_solvers``:
+    SDP solves per solver that answered them (``CLARABEL``, ``SCS`` when Clarabel failed, ``none`` when both
+    failed and Block A fell back to the Hungarian step on per-pair gains: ``sdp_fallbacks``).
     """
 
     lambdas: list[float] = field(default_factory=list)
@@ -184,6 +186,7 @@ class DashfTrace:
     block_b_improvements: int = 0
     sdp_fallbacks: int = 0
     sdp_inaccurate: int = 0
+    sdp_solvers: dict[str, int] = field(default_factory=dict)
     radio_fallbacks: int = 0
     solve_time_s: float = 0.0
     scr: float = 0.0
@@ -671,8 +674,9 @@ class AssociationSDP:
             curvature.value = self.beta.value / share**2
 
     def solve(self, solvers: tuple[str, ...]) -> tuple[np.ndarray | None, str]:
-        """The completed lifted matrix W̄ ((K+1)², :meth:`completion`) and the status, or (None, "failed")."""
-        _, status = solve_problem(self.problem, solvers)
+        """The completed lifted matrix W̄ ((K+1)², :meth:`completion`) and the status, or (None, "failed").
+        ``last_solver`` names the solver that succeeded ("" when all failed)."""
+        self.last_solver, status = solve_problem(self.problem, solvers)
         if status == "failed" or self.x.value is None:
             return None, "failed"
         return self.completion(), status
@@ -1103,6 +1107,8 @@ class DashfSolver:
             lifted, status = self._solve_sdp(sdp)
             trace.sdp_solve_s.append(time.perf_counter() - tic)
             trace.sdp_inaccurate += status == cp.OPTIMAL_INACCURATE
+            used = getattr(sdp, "last_solver", "") or "none"
+            trace.sdp_solvers[used] = trace.sdp_solvers.get(used, 0) + 1
             if lifted is None:  # documented fallback: Hungarian on the per-pair Dinkelbach gains
                 trace.sdp_fallbacks += 1
                 slots = self.capacity or n  # per-pair gain at the incumbent's ρ with an equal compute share
