@@ -21,14 +21,16 @@ Policies: ``dssra`` (:class:`agents.experts.dssra.DSSRA`), ``dssra_latency_only`
 ``uniform_pipeline`` and ``vanilla_fl`` (:mod:`agents.heuristics`), ``titanic``
 (:class:`agents.experts.titanic.TitanicPolicy`). Every policy runs the same seeds.
 
-The energy budget: the preset's 12 J per cluster and round lies below every cluster's
-minimum device energy since ``collapipe`` trains I = 5 local iterations per round (the
-cheapest placement of the encoder costs 17-47 J, 10th-90th percentile), so no policy can meet
-it and DSSRA's queues would only grow. The reproduction therefore sets ``budget_j`` = 40 J
-(default), between the clusters' minimum energy and their latency-optimal energy for most
-clusters (notes §6.3: "50-80 % of the latency-optimal policy's energy", which is infeasible
-here because the latency-optimal placement is close to the energy-optimal one). Clusters whose
-minimum energy exceeds the budget cannot meet it under any policy.
+The energy budget: the preset's 40 J per cluster and round (``budget_j``, default) lies between the
+clusters' minimum device energy and their latency-optimal energy for most clusters (notes §6.3:
+"50-80 % of the latency-optimal policy's energy", which is infeasible here because the
+latency-optimal placement is close to the energy-optimal one). Clusters whose minimum energy
+exceeds the budget cannot meet it under any policy.
+
+The memory figure is **not** reproduced by DSSRA as specified: it keeps the encoder on one device
+in most cluster-rounds. :func:`partition_diagnosis` measures why (one D2D hop costs more than the
+whole encoder's compute; the clusters that do not set the round latency only pay energy for
+spreading), and that the memory-halving partition is worse in DSSRA's own per-round objective.
 
 Quick mode (``quick=True`` or ``MEC_GYM_QUICK=1`` in the notebook) runs small sizes.
 """
@@ -48,7 +50,7 @@ import numpy as np
 from scipy import stats
 
 from agents.base import Policy
-from agents.experts.dssra import DSSRA, DSSRALatencyOnly
+from agents.experts.dssra import DSSRA, DSSRALatencyOnly, chain_tables, row_inputs
 from agents.experts.titanic import TitanicPolicy
 from agents.heuristics import HEURISTICS
 from mec_gym.config import SystemConfig
@@ -270,6 +272,95 @@ def headline(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def partition_diagnosis(settings: Settings, seeds: int | None = None, rounds: int | None = None,
+                        **overrides: Any) -> dict[str, Any]:
+    """Why DSSRA keeps the encoder on one device: per cluster and round of DSSRA's episodes, its
+    partition against the best **memory-halving** one (no device above 5 of the 12 layers, the
+    partition of ``dssra_memory_cap``, re-solved by DSSRA on the same state and queues).
+
+    Per record (cluster-round): ``bottleneck`` (the cluster sets the round latency), ``holders``,
+    ``max_layers`` (most layers on one device), ``latency_s``/``energy_j`` of DSSRA's decision and
+    ``halved_latency_s``/``halved_energy_j`` of the memory-halving one (both from
+    :func:`mec_gym.model.costs.evaluate`); ``compute_s`` — the whole encoder's forward + backward
+    compute for one iteration on the cluster's fastest device, and ``hop_s`` — one D2D hop of one
+    iteration's activations forward and gradients back at p_max (median over the chain's
+    consecutive pairs; DSSRA's tables, the model's formulas). Per round, ``objective`` and
+    ``halved_objective``: the drift-plus-penalty V·T + Σ Z·E (divided by V) of both decisions.
+    Summary: the share of cluster-rounds on one device, the median latency cost of halving for
+    the bottleneck clusters and its median energy cost for the others, and the median hop/compute
+    ratio. ``seeds`` and ``rounds`` default to ``settings.sweep_seeds`` and ``settings.rounds``.
+    """
+    seeds = settings.sweep_seeds if seeds is None else seeds
+    env = make_env(settings, rounds=rounds, **overrides)
+    config = env.config
+    records: dict[str, list] = {key: [] for key in ("bottleneck", "holders", "max_layers", "latency_s", "energy_j",
+                                                    "halved_latency_s", "halved_energy_j", "compute_s", "hop_s")}
+    objective, halved_objective = [], []
+    for i in range(seeds):
+        seed = settings.seed_base + i
+        policy, capped = make_policy("dssra", settings.v), make_policy("dssra_memory_cap", settings.v)
+        env.reset(seed=seed)
+        policy.reset(env, seed)
+        capped.reset(env, seed)
+        truncated = False
+        while not truncated:
+            state = env.system_state
+            decision = policy.decide(state)
+            mine = decision_model.complete(config, state, decision)
+            halved = decision_model.complete(config, state, capped.decide(state))
+            m, h = costs.evaluate(config, state, mine), costs.evaluate(config, state, halved)
+            objective.append(float(policy.objective(config, m.latency_s, m.energy_device_j, state.energy_queue)[0]))
+            halved_objective.append(float(policy.objective(config, h.latency_s, h.energy_device_j,
+                                                           state.energy_queue)[0]))
+            compute_s, hop_s = _compute_and_hop_seconds(config, state, mine)
+            layers = mine.split[0, :, 1:]
+            records["bottleneck"].extend(m.latency_s[0] >= m.latency_s[0].max())
+            records["holders"].extend((layers > 0).sum(axis=-1))
+            records["max_layers"].extend(layers.max(axis=-1))
+            records["latency_s"].extend(m.latency_s[0])
+            records["energy_j"].extend(m.energy_device_j[0])
+            records["halved_latency_s"].extend(h.latency_s[0])
+            records["halved_energy_j"].extend(h.energy_device_j[0])
+            records["compute_s"].extend(compute_s)
+            records["hop_s"].extend(hop_s)
+            _, _, _, truncated, _ = env.step_decision(decision.select(0))
+    data = {key: np.asarray(values, dtype=np.float64) for key, values in records.items()}
+    neck = data["bottleneck"] > 0
+    summary = {
+        "cluster_rounds": int(neck.size),
+        "one_device_share": float((data["holders"] == 1).mean()),
+        "halving_share": float((data["max_layers"] <= math.floor(MEMORY_CAP_SHARE * config.num_layers)).mean()),
+        "bottleneck_latency_cost_of_halving": float(np.median(data["halved_latency_s"][neck] / data["latency_s"][neck]
+                                                              - 1.0)),
+        "slack_energy_cost_of_halving": (float(np.median(data["halved_energy_j"][~neck] / data["energy_j"][~neck]
+                                                         - 1.0)) if (~neck).any() else float("nan")),
+        "hop_over_compute": float(np.median(data["hop_s"] / data["compute_s"])),
+        "objective_cost_of_halving": float(np.median(np.asarray(halved_objective) / np.asarray(objective) - 1.0)),
+    }
+    return {"summary": summary, "records": {key: value.tolist() for key, value in data.items()},
+            "objective": objective, "halved_objective": halved_objective}
+
+
+def _compute_and_hop_seconds(config: SystemConfig, state: SystemState,
+                             decision: Decision) -> tuple[np.ndarray, np.ndarray]:
+    """Per cluster of environment 0: the whole encoder's forward + backward compute time for one
+    iteration on the fastest device, and the median over consecutive chain pairs of one D2D hop
+    (activations forward + gradients back, p_max, equal sub-bands) — DSSRA's tables
+    (:func:`agents.experts.dssra.chain_tables`, the model's formulas)."""
+    k, layers = config.devices_per_user, config.num_layers
+    rows = row_inputs(config, state, 1)  # environment 0 of a single env: B = 1
+    n = config.num_users
+    tables = chain_tables(config, rows, decision.server[0], decision.power[0],
+                          np.full((n, k), config.radio.d2d_power_max_w), decision.bandwidth[0], np.zeros(n),
+                          np.array([1]))
+    compute_s = (tables.device_fwd_s[:, :, layers] + tables.device_bwd_s[:, :, layers]).min(axis=-1)
+    if k < 2:
+        return compute_s, np.zeros(n)
+    pairs = np.arange(k - 1)
+    hop_s = np.median(tables.hop_fwd_act_s[:, pairs, pairs + 1] + tables.hop_bwd_s[:, pairs, pairs + 1], axis=-1)
+    return compute_s, hop_s
+
+
 def v_tradeoff(settings: Settings) -> list[dict[str, float]]:
     """DSSRA over ``settings.v_values``: mean round latency, time-average queue backlog, worst
     cluster's time-average energy over the budget (the Lyapunov O(1/V) / O(V) trade-off)."""
@@ -486,6 +577,6 @@ def _json_default(value: Any) -> Any:
 
 
 __all__: list[str] = ["FULL", "QUICK", "Settings", "binding_seed", "computation_efficiency", "energy_trajectory",
-                      "evaluate_policies", "headline", "make_env", "make_policy", "plot_comparison", "plot_energy",
-                      "plot_sweeps", "plot_tradeoff", "quick_from_env", "run", "run_episode", "settings_for", "sweep",
-                      "v_tradeoff"]
+                      "evaluate_policies", "headline", "make_env", "make_policy", "partition_diagnosis",
+                      "plot_comparison", "plot_energy", "plot_sweeps", "plot_tradeoff", "quick_from_env", "run",
+                      "run_episode", "settings_for", "sweep", "v_tradeoff"]

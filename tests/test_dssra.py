@@ -13,6 +13,7 @@ import pytest
 from scipy import optimize
 
 import mec_gym
+from agents import reproduce_collapipe
 from agents.experts import dssra
 from agents.experts.dssra import DSSRA, DSSRALatencyOnly, chain_cost, chain_tables, partition_dp, row_inputs
 from agents.experts.titanic import TitanicPolicy, select_devices
@@ -251,18 +252,23 @@ def _run(env, policy, seed):
 
 
 def test_energy_budget_met_by_dssra_violated_by_latency_only():
-    """Budget 40 J per cluster and round, below the latency-optimal energy of two clusters of
-    this seed: DSSRA's time-average energy falls to the budget with bounded queues; the
-    latency-only variant stays above it and its queues grow linearly."""
-    budget, rounds = 40.0, 64
+    """Budget 40 J per cluster and round on the first seed where it is feasible for every cluster
+    and binds for one (``binding_seed``: minimum energy below 90 % of it, some cluster's
+    latency-optimal energy above 110 %): DSSRA's time-average energy falls to within 5 % of the
+    budget with bounded queues (Z_T/T small); the latency-only variant stays above it and its
+    queues grow linearly. (The margin is the O(V) backlog: a cluster's minimum energy moves with
+    its channel and may touch the budget in some rounds.)"""
+    settings = reproduce_collapipe.Settings(budget_j=40.0, seed_base=0)
+    budget, rounds = settings.budget_j, 64
+    seed = reproduce_collapipe.binding_seed(settings)
     env = mec_gym.EdgeTrainingEnv(scenario="collapipe", rounds=rounds, **{"workload.energy_budget_j": budget})
-    energy, _, queue, _ = _run(env, DSSRA(V=100.0), seed=1)
+    energy, _, queue, _ = _run(env, DSSRA(V=100.0), seed=seed)
     average = np.cumsum(energy, axis=0) / np.arange(1, rounds + 1)[:, None]
     worst = average.max(axis=1)
-    assert worst[-1] <= budget * 1.02
-    assert worst[-1] < worst[15]  # approaching the budget as rounds grow
+    assert worst[-1] <= budget * 1.05
+    assert worst[-1] < worst[7]  # above the budget while the queues build up, then approaching it
     assert queue[-1].max() <= 0.05 * budget * rounds  # Z_T/T → 0: mean-rate stable
-    energy, _, queue, _ = _run(env, DSSRALatencyOnly(), seed=1)
+    energy, _, queue, _ = _run(env, DSSRALatencyOnly(), seed=seed)
     average = energy.mean(axis=0)
     assert average.max() >= budget * 1.3
     assert queue[-1].max() >= 0.2 * budget * rounds
@@ -289,6 +295,45 @@ def test_memory_share_cap_halves_peak_memory_against_vanillafl():
     assert capped < 0.5 * vanilla
     with pytest.raises(ValueError, match="max_layers_share"):
         DSSRA(max_layers_share=1 / 12).bind(COLLAPIPE)
+
+
+def test_dssra_does_not_halve_memory_on_collapipe_and_why():
+    """The measured truth on collapipe (issue #7's memory must-show fails for DSSRA as specified):
+    DSSRA keeps the encoder on one device in most cluster-rounds, so no round halves VanillaFL's
+    memory — and that is the optimum of the per-round problem it solves, not a solver artefact:
+    in every round the memory-halving decision (DSSRA with ≤ 5/12 of the layers per device, same
+    state and queues) has a higher drift-plus-penalty. The reasons, measured: one D2D hop of an
+    iteration's activations and gradients takes longer than the whole encoder's compute on the
+    cluster's fastest device, and for the clusters that do not set the round latency (the max over
+    clusters) spreading only costs energy."""
+    settings = reproduce_collapipe.Settings(sweep_seeds=2, rounds=3)
+    diagnosis = reproduce_collapipe.partition_diagnosis(settings)
+    summary = diagnosis["summary"]
+    assert summary["one_device_share"] >= 0.75 and summary["halving_share"] == 0.0
+    objective, halved = np.array(diagnosis["objective"]), np.array(diagnosis["halved_objective"])
+    assert (objective <= halved * (1 + 1e-9)).all()
+    assert summary["hop_over_compute"] > 1.0
+    assert summary["slack_energy_cost_of_halving"] > 0.0 and summary["bottleneck_latency_cost_of_halving"] >= 0.0
+
+
+def test_dssra_pipelines_when_compute_bound():
+    """The partition follows the compute/communication ratio, not a fixed rule: with devices 20×
+    slower (utilization 0.05) and a 4× wider D2D band, and no energy pressure (V → ∞), pipelining
+    pays and DSSRA spreads the encoder over most of the chain, cutting the peak device memory
+    below VanillaFL's."""
+    overrides = {"device.utilization": 0.05, "radio.d2d_bandwidth_hz": 40e6}
+    env = mec_gym.EdgeTrainingEnv(scenario="collapipe", rounds=2, **overrides)
+    env.reset(seed=0)
+    config = env.unwrapped.config
+    state = env.unwrapped.system_state
+    policy = DSSRALatencyOnly()
+    policy.reset(env, 0)
+    split = decision_model.complete(config, state, policy.decide(state)).split[0, :, 1:]
+    baseline = HEURISTICS["vanilla_fl"]()
+    baseline.bind(config)
+    vanilla = decision_model.complete(config, state, baseline.decide(state)).split[0, :, 1:]
+    assert (split > 0).sum(axis=-1).mean() >= 2.5
+    assert split.max() < vanilla.max()
 
 
 def test_titanic_selection_is_the_integer_programs_optimum():

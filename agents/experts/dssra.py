@@ -66,8 +66,11 @@ Our choices where the paper is unknown (notes §7) or the model differs:
   so do the fields the scenario does not let the agent control.
 * ``max_layers_share`` (off by default) caps the layers any one device may hold below its
   memory: [CP25]'s premise that no device holds the whole model. Without it DSSRA keeps the
-  encoder on one device whenever the D2D hops cost more than the compute they would
-  parallelize, which is the case in ``collapipe``.
+  encoder on one device in most cluster-rounds of ``collapipe``, which is the optimum of its
+  per-round problem there: one D2D hop of an iteration's activations and gradients costs more
+  than the whole encoder's compute on the cluster's fastest device, and the clusters that do
+  not set the round latency (max over clusters) only pay energy for spreading (measured by
+  :func:`agents.reproduce_collapipe.partition_diagnosis`).
 * On scenarios other than [CP25]'s (K = 1 chains, the ``weighted`` or ``scr`` objectives) it
   still minimizes V·latency + Σ Z·E, not the env's reward.
 
