@@ -54,6 +54,7 @@ from agents.experts import oracle as oracle_module
 from agents.experts.dashf import DashfPolicy
 from agents.experts.dashf_baselines import BASELINES as DASHF_BASELINES
 from agents.experts.dssra import DSSRA, DSSRALatencyOnly
+from agents.experts.lz24_baselines import LZ24_POLICIES
 from agents.experts.titanic import TitanicPolicy
 from agents.heuristics import HEURISTICS
 from mec_gym.config import SystemConfig
@@ -89,6 +90,8 @@ _PREFIXES: dict[str, Callable[[str], Policy]] = {}
 _POLICIES.update({"dssra": DSSRA, "dssra_latency_only": DSSRALatencyOnly, "titanic": TitanicPolicy})
 # [QZ24] DASHF and the baselines of its figures (dashf_exhaustive: 252 DASHF solves per round at N = 10)
 _POLICIES.update({"dashf": DashfPolicy, **DASHF_BASELINES})
+# [LZ24] stable_fp (FP + CCCP) and the baselines of its figures (lz24_ao, lz24_greedy, ...)
+_POLICIES.update(LZ24_POLICIES)
 
 
 def register_policy(name: str, factory: Callable[[], Policy]) -> None:

@@ -295,6 +295,21 @@ def reproduce_collapipe(
     console.print_json(data=results["headline"])
 
 
+@reproduce_app.command("liu2024")
+def reproduce_liu2024(
+    quick: Annotated[bool, typer.Option("--quick", help="6 users, 2 servers, 1-2 seeds (as MEC_GYM_QUICK=1)")] = False,
+    out: Annotated[Path, typer.Option(help="output folder")] = Path("runs/reproduce/liu2024"),
+) -> None:
+    """[LZ24] stable_fp vs its baselines: Figs. 2-5 (collaborative vs edge/local-only, weight sweeps, CCCP
+    convergence, users), the table vs greedy and random over seeds, the gap to the oracle on tiny instances."""
+    from agents import reproduce_liu2024 as experiment
+
+    results = experiment.run(quick, out, log=console.print)
+    console.print(results["table"]["markdown"])
+    console.print_json(data={"gap": results["gap"], "verdict": results["verdict"], "runtime_s": results["runtime_s"],
+                             "files": results["files"]})
+
+
 @reproduce_app.command("qian2024")
 def reproduce_qian2024(
     quick: Annotated[bool, typer.Option("--quick", help="4 users, 3 seeds, 2 points per sweep (as MEC_GYM_QUICK=1)")]
