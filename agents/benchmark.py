@@ -30,6 +30,19 @@ run never leaves a half-written table): ``results.csv`` (one row per scenario ×
 ``results.md`` (the same as a Markdown table), ``episodes.csv`` (one row per episode),
 ``summary.png`` (bars with CIs) and ``rounds.png`` (mean reward per round), ``meta.json``
 (scenario, overrides, seeds, versions).
+
+Parallel runs
+=============
+
+``workers=N`` (``mec-gym bench --workers N``) spreads the (policy, seed, episode) jobs and the
+oracle-gap job over N spawned local processes; ``ray_address`` (``--ray``, ``--ray-address ADDRESS``) runs them as
+Ray tasks, on a local Ray or a running cluster (whose nodes need ``mec-gym`` installed). Each job
+builds a fresh env and policy (:func:`run_job`) and replays the seed's earlier resets, so the
+results equal the serial run's apart from the timing columns. A failed job is logged and retried
+once; a second failure is listed in ``failures`` (tables, ``meta.json``), never dropped. Ctrl-C
+raises :class:`BenchmarkInterrupted` carrying the finished episodes, which ``mec-gym bench``
+writes (``interrupted`` in ``meta.json``). Policies registered at run time reach the workers
+when their factory pickles (a top-level class or function).
 """
 
 from __future__ import annotations
@@ -49,7 +62,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from agents.base import ModelPolicy, Policy
+from agents.base import Policy
 from agents.experts import oracle as oracle_module
 from agents.experts.dashf import DashfPolicy
 from agents.experts.dashf_baselines import BASELINES as DASHF_BASELINES
@@ -127,19 +140,35 @@ def make_policy(spec: str) -> Policy:
 
 def _load_sb3(algorithm: str) -> Callable[[str], Policy]:
     def load(path: str) -> Policy:
-        """A saved stable-baselines3 model. Loading unpickles the file: only load files you trust."""
+        """A saved stable-baselines3 model with its VecNormalize statistics (``<stem>_vecnormalize.pkl``,
+        :func:`agents.rl.load_policy`). Loading unpickles the files: only load files you trust."""
         if not Path(path).exists():
             raise ValueError(f"policy {algorithm}:{path}: no such file")
-        import stable_baselines3  # imported here: torch takes seconds to load
+        from agents import rl  # imported here: torch takes seconds to load
 
-        model = getattr(stable_baselines3, algorithm.upper()).load(path, device="cpu")
-        return ModelPolicy(model, name=f"{algorithm}:{Path(path).name}")
+        return rl.load_policy(path, algorithm)
 
     return load
 
 
+def _shipped_ppo() -> Policy:
+    from agents import rl
+
+    return rl.shipped_policy()
+
+
 register_prefix("ppo", _load_sb3("ppo"))
 register_prefix("sac", _load_sb3("sac"))
+register_policy("ppo_default", _shipped_ppo)  # the small PPO model shipped in agents/models (default scenario)
+
+SHIPPED_RL = {"default": ("ppo_default",)}
+"""RL models shipped with the package, run by default (no ``--policies``) on their scenario."""
+
+
+def _shipped_available(name: str) -> bool:
+    from agents.rl import SHIPPED_PPO_DEFAULT  # a light import: agents.rl loads torch lazily
+
+    return name != "ppo_default" or SHIPPED_PPO_DEFAULT.exists()
 
 
 # ----------------------------------------------------------------------------- scenarios
@@ -195,6 +224,9 @@ class BenchmarkResult:
     gap_config: SystemConfig | None = None
     oracle_states: int = 0
     wall_s: float = 0.0
+    failures: list[dict[str, Any]] = field(default_factory=list)  # jobs that failed twice (parallel runs)
+    interrupted: bool = False  # a partial result: the run was interrupted (Ctrl-C)
+    executor: str = "serial"  # serial, processes:N or ray:ADDRESS
 
     def rows(self) -> list[dict[str, Any]]:
         """One row per policy: means, 95 % CI half-widths, decision times and the oracle gap."""
@@ -285,7 +317,9 @@ def optimality_gaps(config: SystemConfig, policies: Iterable[str], states: int, 
 
 def run_benchmark(scenario: str = "default", policies: Sequence[str] | None = None, seeds: int | None = None,
                   episodes: int | None = None, rounds: int | None = None, overrides: dict[str, Any] | None = None,
-                  quick: bool = False, oracle_states: int | None = None, progress: bool = False) -> BenchmarkResult:
+                  quick: bool = False, oracle_states: int | None = None, progress: bool = False,
+                  workers: int = 1, ray_address: str | None = None,
+                  log: Callable[[str], None] | None = None) -> BenchmarkResult:
     """Run the protocol of the module docstring and return the results (nothing is written).
 
     Args:
@@ -296,16 +330,22 @@ def run_benchmark(scenario: str = "default", policies: Sequence[str] | None = No
         overrides: scenario parameters by dotted name (as ``--set``).
         oracle_states: tiny states for the optimality gaps (0 disables them).
         progress: show a rich progress bar.
+        workers: > 1 spreads the (policy, seed, episode) jobs and the oracle-gap job over that many
+            local processes (see "Parallel runs" in the module docstring); the results equal the serial run's.
+        ray_address: run the jobs as Ray tasks instead: ``"local"`` starts Ray on this machine (``workers``
+            CPUs when > 1), anything else is passed to ``ray.init(address=...)`` (``ray://HOST:10001``, ``auto``).
+        log: called with a message when a parallel job fails (and is retried).
 
     Raises:
         ValueError: unknown scenario, parameter or policy, or a policy that cannot run on the
             scenario (the oracle on a large instance), with the valid choices in the message.
+        BenchmarkInterrupted: on Ctrl-C; its ``result`` holds the episodes finished so far.
     """
     defaults = QUICK if quick else FULL
     seeds = defaults["seeds"] if seeds is None else seeds
     episodes = defaults["episodes"] if episodes is None else episodes
     oracle_states = defaults["oracle_states"] if oracle_states is None else oracle_states
-    for name, value in (("seeds", seeds), ("episodes", episodes)):
+    for name, value in (("seeds", seeds), ("episodes", episodes), ("workers", workers)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}: must be an integer >= 1, got {value!r}")
     if not isinstance(oracle_states, int) or oracle_states < 0:
@@ -319,6 +359,7 @@ def run_benchmark(scenario: str = "default", policies: Sequence[str] | None = No
         policies = list(HEURISTIC_NAMES)
         if _oracle_accepts(config):
             policies.append("oracle")
+        policies += [name for name in SHIPPED_RL.get(scenario, ()) if _shipped_available(name)]
     policies = list(dict.fromkeys(p.strip() for p in policies if p.strip()))
     if not policies:
         raise ValueError(f"policies: give at least one; valid names: {', '.join(policy_names())}")
@@ -339,23 +380,264 @@ def run_benchmark(scenario: str = "default", policies: Sequence[str] | None = No
     total = len(policies) * seeds * episodes + oracle_states
     start = time.perf_counter()
     results: list[EpisodeResult] = []
-    with _progress(progress, total, f"bench {scenario}") as advance:
-        for name, policy in instances.items():
-            env = EdgeTrainingEnv(config=config)
-            for seed in seed_list:
-                for episode in range(episodes):
-                    result = run_episode(env, policy, seed if episode == 0 else None, episode,
-                                         policy_seed=seed * 1000 + episode)
-                    result.policy, result.seed = name, seed
-                    results.append(result)
-                    advance()
-            env.close()
-        gap_config, gaps = (None, {})
-        if oracle_states > 0:
-            gap_config, gaps = optimality_gaps(config, policies, oracle_states, advance=advance)
-    return BenchmarkResult(scenario=scenario, config=config, overrides=overrides, policies=policies, seeds=seed_list,
-                           episodes=episodes, rounds=config.rounds, episode_results=results, gaps=gaps,
-                           gap_config=gap_config, oracle_states=oracle_states, wall_s=time.perf_counter() - start)
+    gap_config, gaps, failures = None, {}, []
+    executor = "serial" if workers == 1 and ray_address is None else (
+        f"ray:{ray_address}" if ray_address is not None else f"processes:{workers}")
+
+    def finish(interrupted: bool = False) -> BenchmarkResult:
+        order = {(p, s, e): i for i, (p, s, e) in enumerate(_job_keys(policies, seed_list, episodes))}
+        ordered = sorted(results, key=lambda r: order[(r.policy, r.seed, r.episode)])
+        return BenchmarkResult(scenario=scenario, config=config, overrides=overrides, policies=policies,
+                               seeds=seed_list, episodes=episodes, rounds=config.rounds, episode_results=ordered,
+                               gaps=gaps, gap_config=gap_config, oracle_states=oracle_states,
+                               wall_s=time.perf_counter() - start, failures=failures, interrupted=interrupted,
+                               executor=executor)
+
+    try:
+        with _progress(progress, total, f"bench {scenario}") as advance:
+            if executor != "serial":
+                gap_config, gaps = _run_parallel(config, policies, seed_list, episodes, oracle_states, workers,
+                                                 ray_address, results, failures, advance, log)
+            else:
+                for name, policy in instances.items():
+                    env = EdgeTrainingEnv(config=config)
+                    for seed in seed_list:
+                        for episode in range(episodes):
+                            result = run_episode(env, policy, seed if episode == 0 else None, episode,
+                                                 policy_seed=seed * 1000 + episode)
+                            result.policy, result.seed = name, seed
+                            results.append(result)
+                            advance()
+                    env.close()
+                if oracle_states > 0:
+                    gap_config, gaps = optimality_gaps(config, policies, oracle_states, advance=advance)
+    except KeyboardInterrupt as interrupt:
+        raise BenchmarkInterrupted(finish(interrupted=True)) from interrupt
+    return finish()
+
+
+# ----------------------------------------------------------------------------- parallel runs
+
+
+class BenchmarkInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`run_benchmark`: ``result`` holds the finished episodes (``interrupted=True``)."""
+
+    def __init__(self, result: BenchmarkResult) -> None:
+        super().__init__(f"benchmark interrupted after {len(result.episode_results)} episodes")
+        self.result = result
+
+
+@dataclass(frozen=True)
+class EpisodeJob:
+    """One (policy, seed, episode) job: everything a worker process or Ray task needs, picklable.
+
+    ``factory`` is the registry's factory when it pickles (top-level classes and functions do), else ``None``
+    and the worker looks ``policy`` up in its own registry (built-ins and ``prefix:PATH`` forms).
+    """
+
+    config: SystemConfig
+    policy: str
+    seed: int
+    episode: int
+    factory: Callable[[], Policy] | None = None
+
+
+@dataclass(frozen=True)
+class GapJob:
+    """The optimality-gap measurement (:func:`optimality_gaps`) as one job."""
+
+    config: SystemConfig
+    policies: tuple[str, ...]
+    states: int
+    factories: tuple[tuple[str, Callable[[], Policy]], ...] = ()
+
+
+def run_job(job: EpisodeJob | GapJob) -> Any:
+    """Run one job in a fresh environment (top level, so spawned processes and Ray tasks can import it).
+
+    Episode e of a seed is the serial run's: the env is reset with the seed, then reset e more times
+    (later resets continue the seeded generator exactly as consecutive episodes do; steps never draw from it).
+    """
+    if isinstance(job, GapJob):
+        for name, factory in job.factories:
+            _POLICIES.setdefault(name, factory)
+        return optimality_gaps(job.config, job.policies, job.states)
+    from mec_gym.envs.edge_training import EdgeTrainingEnv
+
+    if job.factory is not None:
+        _POLICIES.setdefault(job.policy, job.factory)
+    policy = make_policy(job.policy)
+    env = EdgeTrainingEnv(config=job.config)
+    try:
+        if job.episode > 0:
+            env.reset(seed=job.seed)
+            for _ in range(job.episode - 1):
+                env.reset()
+        result = run_episode(env, policy, job.seed if job.episode == 0 else None, job.episode,
+                             policy_seed=job.seed * 1000 + job.episode)
+    finally:
+        env.close()
+    result.policy, result.seed = job.policy, job.seed
+    return result
+
+
+def _job_keys(policies: Sequence[str], seeds: Sequence[int], episodes: int) -> list[tuple[str, int, int]]:
+    """(policy, seed, episode) in the serial run's order."""
+    return [(p, s, e) for p in policies for s in seeds for e in range(episodes)]
+
+
+def _shippable_factory(name: str) -> Callable[[], Policy] | None:
+    import pickle
+
+    factory = _POLICIES.get(name)
+    if factory is None:
+        return None
+    try:
+        pickle.dumps(factory)
+    except Exception:  # lambdas, closures: the worker resolves the name in its own registry
+        return None
+    return factory
+
+
+def _run_parallel(config: SystemConfig, policies: Sequence[str], seeds: Sequence[int], episodes: int,
+                  oracle_states: int, workers: int, ray_address: str | None, results: list[EpisodeResult],
+                  failures: list[dict[str, Any]], advance: Callable[[], None],
+                  log: Callable[[str], None] | None) -> tuple[SystemConfig | None, dict[str, list[float]]]:
+    """Run every job on the process pool or Ray; append episodes to ``results`` as they finish.
+
+    A failed job is logged and submitted once more; a second failure is recorded in ``failures`` (policy,
+    seed, episode, error) — never dropped silently. Returns the gap instance and gaps.
+    """
+    jobs: list[EpisodeJob | GapJob] = [EpisodeJob(config, p, s, e, _shippable_factory(p))
+                                       for p, s, e in _job_keys(policies, seeds, episodes)]
+    if oracle_states > 0:
+        factories = tuple((p, f) for p in policies if (f := _shippable_factory(p)) is not None)
+        jobs.append(GapJob(config, tuple(policies), oracle_states, factories))
+    gap_result: tuple[SystemConfig | None, dict[str, list[float]]] = (None, {})
+    runner = _RayRunner(ray_address, workers) if ray_address is not None else _ProcessRunner(workers)
+    attempts = dict.fromkeys(range(len(jobs)), 0)
+    pending: dict[Any, int] = {}
+    try:
+        pending.update({runner.submit(jobs[i]): i for i in range(len(jobs))})
+        while pending:
+            for handle, outcome, error in runner.wait(list(pending)):
+                index = pending.pop(handle)
+                attempts[index] += 1
+                if error is None:
+                    if isinstance(jobs[index], GapJob):
+                        gap_result = outcome
+                        for _ in range(oracle_states):
+                            advance()
+                    else:
+                        results.append(outcome)
+                        advance()
+                    continue
+                label = _job_label(jobs[index])
+                if attempts[index] < 2:
+                    if log is not None:
+                        log(f"job {label} failed ({error}); retrying once")
+                    pending[runner.submit(jobs[index])] = index
+                else:
+                    if log is not None:
+                        log(f"job {label} failed twice ({error}); reported in failures")
+                    job = jobs[index]
+                    failures.append({"policy": getattr(job, "policy", "oracle gaps"), "seed": getattr(job, "seed", -1),
+                                     "episode": getattr(job, "episode", -1), "error": error})
+    except KeyboardInterrupt:
+        runner.cancel(list(pending))
+        raise
+    finally:
+        runner.close()
+    return gap_result
+
+
+def _job_label(job: EpisodeJob | GapJob) -> str:
+    if isinstance(job, GapJob):
+        return f"oracle gaps ({job.states} states)"
+    return f"{job.policy} seed {job.seed} episode {job.episode}"
+
+
+def _error_text(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+class _ProcessRunner:
+    """Jobs on a pool of ``workers`` spawned processes (spawn: no forked threads or locks)."""
+
+    def __init__(self, workers: int) -> None:
+        self._workers = workers
+        self._pool = self._new_pool()
+
+    def _new_pool(self) -> Any:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        return ProcessPoolExecutor(max_workers=self._workers, mp_context=multiprocessing.get_context("spawn"))
+
+    def submit(self, job: EpisodeJob | GapJob) -> Any:
+        from concurrent.futures.process import BrokenProcessPool
+
+        try:
+            return self._pool.submit(run_job, job)
+        except BrokenProcessPool:  # a worker died (killed, crashed): retries go to a fresh pool
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = self._new_pool()
+            return self._pool.submit(run_job, job)
+
+    def wait(self, handles: list[Any]) -> list[tuple[Any, Any, str | None]]:
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        done, _ = wait(handles, return_when=FIRST_COMPLETED)
+        out = []
+        for future in done:
+            error = future.exception()
+            out.append((future, None if error else future.result(), None if error is None else _error_text(error)))
+        return out
+
+    def cancel(self, handles: list[Any]) -> None:
+        for future in handles:
+            future.cancel()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)  # waits only for the jobs already running
+
+
+class _RayRunner:
+    """Jobs as Ray tasks: on a running cluster (``address``) or a local Ray (``"local"``)."""
+
+    def __init__(self, address: str, workers: int) -> None:
+        try:
+            import ray
+        except ImportError as error:
+            raise ValueError('ray_address: Ray is not installed; pip install -e ".[rllib]" torch==2.13.0') from error
+        self._ray = ray
+        if not ray.is_initialized():
+            if address == "local":
+                ray.init(num_cpus=workers if workers > 1 else None, include_dashboard=False, log_to_driver=False)
+            else:
+                ray.init(address=address, log_to_driver=False)
+        self._task = ray.remote(max_retries=0)(run_job)
+
+    def submit(self, job: EpisodeJob | GapJob) -> Any:
+        return self._task.remote(job)
+
+    def wait(self, handles: list[Any]) -> list[tuple[Any, Any, str | None]]:
+        ready, _ = self._ray.wait(handles, num_returns=1)
+        out = []
+        for ref in ready:
+            try:
+                out.append((ref, self._ray.get(ref), None))
+            except self._ray.exceptions.RayTaskError as error:
+                cause = error.cause if getattr(error, "cause", None) is not None else error
+                out.append((ref, None, _error_text(cause)))
+        return out
+
+    def cancel(self, handles: list[Any]) -> None:
+        for ref in handles:
+            self._ray.cancel(ref)
+
+    def close(self) -> None:
+        pass  # the Ray session stays up for later calls (ray.shutdown() ends it)
 
 
 def _oracle_accepts(config: SystemConfig) -> bool:
@@ -448,6 +730,12 @@ def markdown_table(result: BenchmarkResult) -> str:
             f"| {_fmt(row['drops_mean'], row['drops_ci95'], 2)} "
             f"| {_fmt(row['budget_violation_mean'], row['budget_violation_ci95'], 3)} "
             f"| {row['decision_ms_median']:.3f} / {row['decision_ms_p95']:.3f} | {gap} |")
+    if result.interrupted:
+        lines += ["", f"**Interrupted**: partial results, {len(result.episode_results)} of "
+                  f"{len(result.policies) * len(result.seeds) * result.episodes} episodes finished."]
+    for failure in result.failures:
+        lines += ["", f"**Failed job** (after one retry): {failure['policy']} seed {failure['seed']} "
+                  f"episode {failure['episode']}: {failure['error']}"]
     if result.gap_config is not None and result.gaps:
         tiny = result.gap_config
         lines += ["", f"Oracle gaps: one-round cost vs the exhaustive oracle on {result.oracle_states} random states "
@@ -487,6 +775,7 @@ def _meta(result: BenchmarkResult) -> dict[str, Any]:
             "gap_instance": None if result.gap_config is None else {
                 "num_users": result.gap_config.num_users, "num_servers": result.gap_config.num_servers,
                 "model": result.gap_config.model, "devices_per_user": result.gap_config.devices_per_user},
+            "executor": result.executor, "interrupted": result.interrupted, "failures": result.failures,
             "mec_gym_version": mec_gym.__version__, "python": platform.python_version(),
             "numpy": np.__version__, "wall_s": result.wall_s}
 
@@ -509,7 +798,7 @@ def _plots(result: BenchmarkResult, rows: list[dict[str, Any]]) -> dict[str, byt
         ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
         ax.set_title(title, fontsize=10)
         if _spans_decades(means):  # one bad baseline (random) would flatten every other bar
-            ax.set_yscale("symlog", linthresh=max(min(abs(m) for m in means if m) or 1.0, 1e-6))
+            ax.set_yscale("symlog", linthresh=max(min(abs(m) for m in means if m and np.isfinite(m)), 1e-6))
     fig.suptitle(f"{result.scenario}: mean ± 95 % CI over {len(result.seeds) * result.episodes} episodes", fontsize=10)
     fig.tight_layout()
     summary = _png(fig)
@@ -518,6 +807,8 @@ def _plots(result: BenchmarkResult, rows: list[dict[str, Any]]) -> dict[str, byt
     fig, ax = plt.subplots(figsize=(7, 3.8))
     for name in names:
         curves = [e.rewards for e in result.episode_results if e.policy == name]
+        if not curves:  # every job of the policy failed, or an interrupted run never reached it
+            continue
         length = min(len(c) for c in curves)
         ax.plot(np.mean([c[:length] for c in curves], axis=0), label=name)
     ax.set_xlabel("round")

@@ -201,30 +201,48 @@ def bench(
     quick: Annotated[bool, typer.Option("--quick", help="a few short episodes and 4 oracle states")] = False,
     oracle_states: Annotated[int | None, typer.Option(
         help="tiny states for the optimality gaps to the oracle (default 16; quick 4; 0 = off)")] = None,
+    workers: Annotated[int, typer.Option(help="local processes running the (policy, seed, episode) jobs")] = 1,
+    ray: Annotated[bool, typer.Option("--ray", help="run the jobs as Ray tasks on a local Ray (rllib extra)")] = False,
+    ray_address: Annotated[str | None, typer.Option(help="run the jobs on the Ray cluster at this address "
+                                                         "(ray://HOST:10001, auto); implies --ray")] = None,
 ) -> None:
     """Compare policies on identical evaluation seeds (SPEC §6.8); writes OUT/results.csv and results.md.
 
     Every policy runs the same episodes (seeds 10000 + i, disjoint from training seeds); the
     table gives mean ± 95 % CI of return, energy, delay, stability, SCR, drops and budget
     violation, decision time per round (median, p95) and the optimality gap to the exhaustive
-    oracle on tiny instances. Subcommand: ``mec-gym bench speed``.
+    oracle on tiny instances. ``--workers N`` / ``--ray`` (``--ray-address ADDRESS``) run the jobs in parallel with the
+    same results; a failed job is retried once and then reported (exit code 1); Ctrl-C writes the
+    episodes finished so far. Subcommand: ``mec-gym bench speed``.
     """
     if ctx.invoked_subcommand is not None:
         return
     from agents import benchmark
 
+    folder = out if out is not None else Path("runs/bench") / scenario
     try:
         overrides = _parse_sets(set_)
         names = None if policies is None else policies.split(",")
         result = benchmark.run_benchmark(scenario, names, seeds=seeds, episodes=episodes, rounds=rounds,
                                          overrides=overrides, quick=quick, oracle_states=oracle_states,
-                                         progress=True)
+                                         progress=True, workers=workers,
+                                         ray_address=ray_address or ("local" if ray else None),
+                                         log=lambda message: console.print(f"[yellow]{message}[/yellow]"))
     except ValueError as error:
         raise typer.BadParameter(str(error)) from error
-    folder = out if out is not None else Path("runs/bench") / scenario
+    except benchmark.BenchmarkInterrupted as interrupt:
+        benchmark.write_results(interrupt.result, folder)
+        console.print(f"[red]interrupted[/red]: wrote the {len(interrupt.result.episode_results)} finished "
+                      f"episodes to {folder}")
+        raise typer.Exit(130) from None
     written = benchmark.write_results(result, folder)
     _print_results(result)
     console.print(f"{result.wall_s:.1f} s; wrote {', '.join(str(p) for p in written[:2])} (+ episodes, plots, meta)")
+    for failure in result.failures:
+        console.print(f"[red]failed job[/red] {failure['policy']} seed {failure['seed']} episode {failure['episode']}"
+                      f" (after one retry): {failure['error']}")
+    if result.failures:
+        raise typer.Exit(1)
 
 
 def _print_results(result) -> None:
@@ -297,7 +315,7 @@ def reproduce_collapipe(
 
 @reproduce_app.command("liu2024")
 def reproduce_liu2024(
-    quick: Annotated[bool, typer.Option("--quick", help="6 users, 2 servers, 1-2 seeds (as MEC_GYM_QUICK=1)")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="4 users, 2 servers, 1-2 seeds (as MEC_GYM_QUICK=1)")] = False,
     out: Annotated[Path, typer.Option(help="output folder")] = Path("runs/reproduce/liu2024"),
 ) -> None:
     """[LZ24] stable_fp vs its baselines: Figs. 2-5 (collaborative vs edge/local-only, weight sweeps, CCCP
@@ -324,6 +342,43 @@ def reproduce_qian2024(
     console.print(results["gap_table"])
     console.print_json(data={"dashf": results["gap"]["dashf"], "verdict": results["verdict"],
                              "runtime_s": results["runtime_s"], "files": results["files"]})
+
+
+@train_app.command("rllib-ppo")
+def train_rllib_ppo(
+    scenario: Annotated[str, typer.Option(help="scenario preset")] = "default",
+    multi_agent: Annotated[bool, typer.Option("--multi-agent/--single-agent",
+                                              help="one agent per user (PettingZoo env, shared module)")] = False,
+    reward_mode: Annotated[str, typer.Option(help="multi-agent reward: team or user")] = "team",
+    iterations: Annotated[int, typer.Option(help="PPO training iterations")] = 10,
+    train_batch_size: Annotated[int, typer.Option(help="env steps per iteration")] = 4000,
+    minibatch_size: Annotated[int, typer.Option(help="SGD minibatch size")] = 256,
+    num_epochs: Annotated[int, typer.Option(help="SGD epochs per iteration")] = 4,
+    env_runners: Annotated[int, typer.Option(help="remote sampling workers (0: sample in the driver)")] = 0,
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (ray://HOST:10001); default: local Ray")]
+    = None,
+    num_cpus: Annotated[int | None, typer.Option(help="CPUs of the local Ray (default: all)")] = None,
+    seed: Annotated[int, typer.Option(help="training seed (< 10000, the evaluation seeds)")] = 0,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override key=value (repeatable)")] = None,
+    out: Annotated[Path | None, typer.Option(help="output folder (default runs/rllib/SCENARIO)")] = None,
+) -> None:
+    """RLlib PPO on the single env (registered id) or the multi-agent env; needs the rllib extra (README)."""
+    from agents import rllib
+
+    try:
+        rllib.require_rllib()
+    except ImportError as error:
+        raise typer.BadParameter(str(error)) from error
+    folder = out if out is not None else Path("runs/rllib") / (scenario + ("-multi" if multi_agent else ""))
+    overrides = _parse_sets(set_)
+    try:
+        summary = rllib.train_ppo(scenario, iterations, multi_agent, address=address, num_cpus=num_cpus, out=folder,
+                                  log=console.print, reward_mode=reward_mode, overrides=overrides,
+                                  train_batch_size=train_batch_size, minibatch_size=minibatch_size,
+                                  num_epochs=num_epochs, num_env_runners=env_runners, seed=seed)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from error
+    console.print(f"{summary['wall_s']:.1f} s; checkpoint {summary['checkpoint']}; summary {folder / 'summary.json'}")
 
 
 from agents import cli_rl  # noqa: E402  (train ppo|sac, evaluate; imports torch only when run)

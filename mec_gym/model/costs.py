@@ -285,3 +285,32 @@ def reward_terms(config: SystemConfig, metrics: RoundMetrics, scales: Scales) ->
         terms["cost"] = cost
         terms["reward"] = -cost - penalty
     return terms
+
+
+def user_reward_terms(config: SystemConfig, metrics: RoundMetrics, scales: Scales) -> dict[str, np.ndarray]:
+    """Each user's own share of the objective, [B,N] (SPEC §3.4 per user; the multi-agent ``reward_mode="user"``).
+
+    weighted: r_n = −(w_e·E_n/E_user_ref + w_d·T_n/T_ref + w_s·S_n/S_ref) − penalties_n;
+    scr: r_n = U_n / (w_d·T_n/T_ref + w_e·E_n/E_user_ref) − penalties_n ([QZ24] SCR of one user).
+    Penalties_n: w_budget·max(E_n^device − Ē, 0)/Ē when a budget is set; w_drop·1[user n dropped].
+    E_n in J, T_n in s, S_n the [LZ24] stability bound; the references are the scenario's (``Scales``), so the
+    mean over users of a term equals the team term whenever the team uses the same reference (budget, drops).
+    """
+    w, wl = config.weights, config.workload
+    energy = metrics.energy_j_user / scales.energy_j_user
+    latency = metrics.latency_s / scales.latency_s
+    terms = {"energy_norm": energy, "latency_norm": latency, "stability_norm": metrics.stability / scales.stability}
+    denominator = w.delay * latency + w.energy * energy
+    terms["scr"] = np.divide(metrics.service, denominator, out=np.zeros(denominator.shape), where=denominator > 0)
+    if wl.energy_budget_j > 0:
+        terms["budget_violation"] = np.maximum(metrics.energy_device_j - wl.energy_budget_j, 0.0) / wl.energy_budget_j
+    else:
+        terms["budget_violation"] = np.zeros_like(metrics.energy_j_user)
+    terms["dropped"] = metrics.dropped.astype(np.float64)
+    penalty = w.budget * terms["budget_violation"] + w.drop * terms["dropped"]
+    if config.objective == "scr":
+        terms["reward"] = terms["scr"] - penalty
+    else:
+        terms["cost"] = w.energy * energy + w.delay * latency + w.stability * terms["stability_norm"]
+        terms["reward"] = -terms["cost"] - penalty
+    return terms
