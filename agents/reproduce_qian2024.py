@@ -280,8 +280,9 @@ def _convergence_figure(rows: list[dict[str, Any]], path: Path) -> dict[str, lis
     equal = float(np.mean([r["scr"] for r in rows if r["method"] == "equal_share"]))
     fig = Figure(figsize=(6.4, 4.2))
     ax = fig.subplots()
-    for name, curve in curves.items():
-        ax.plot(range(len(curve)), curve, marker="o", ms=3, label=LABELS[name])
+    for name, curve in curves.items():  # DASHF on top; plain AO dashed (the two often coincide)
+        ax.plot(range(len(curve)), curve, marker="o", ms=3, label=LABELS[name], lw=2.6 if name == "dashf" else 1.2,
+                ls="--" if name == "dashf_plain_ao" else "-", zorder={"dashf": 3, "dashf_plain_ao": 4}.get(name, 2))
     ax.axhline(bound, color="k", ls="--", lw=1, label=LABELS["dashf_exhaustive"])
     ax.axhline(equal, color="grey", ls=":", lw=1, label=LABELS["equal_share"])
     ax.set_xlabel("Dinkelbach iteration k")
@@ -301,7 +302,8 @@ def _sweep_figure(rows: list[dict[str, Any]], label: str, path: Path, log_x: boo
     fig = Figure(figsize=(6.4, 4.2))
     ax = fig.subplots()
     for name, curve in means.items():
-        ax.plot(values, curve, marker="o", ms=3, label=LABELS[name], lw=2.2 if name == "dashf" else 1.2)
+        ax.plot(values, curve, marker="o", ms=3, label=LABELS[name], lw=2.6 if name == "dashf" else 1.2,
+                ls="--" if name == "dashf_plain_ao" else "-", zorder={"dashf": 3, "dashf_plain_ao": 4}.get(name, 2))
     if log_x:
         ax.set_xscale("log", base=2)
     ax.set_xlabel(label)
