@@ -478,3 +478,21 @@ def test_block_b_reaches_a_stationary_point_of_the_radio_cost() -> None:
         solver._radio_cost(terms, start, start.bandwidth, start.power, lam)[0]
     assert best_move(start) > 1e-5
     assert best_move(point) <= 1e-8
+
+
+@settings(max_examples=8, deadline=None)
+@given(users=st.integers(2, 5), servers=st.integers(1, 3), slack=st.integers(0, 1), downlink=st.booleans(),
+       time_share=st.booleans(), min_local=st.integers(0, 1), seed=st.integers(0, 1000))
+def test_dashf_is_feasible_and_monotone_on_random_small_systems(users, servers, slack, downlink, time_share,
+                                                                 min_local, seed) -> None:
+    """Whatever the sizes, capacity, downlink, server energy model and split floor: one server per user within
+    capacity, shares and powers within bounds, λ non-decreasing and never below the start."""
+    config = make_config("qian2024", num_users=users, num_servers=servers, split_min_local=min_local,
+                         **{"server.capacity": -(-users // servers) + slack, "radio.downlink": downlink,
+                            "server.energy_model": "time_share" if time_share else "frequency"})
+    state = one_state(config, seed)
+    result = DashfSolver(config, dataclasses.replace(FAST, samples=8, seed=seed)).solve(state)
+    assert np.all(np.diff(result.trace.lambdas) >= 0.0)
+    assert result.trace.scr >= result.trace.lambdas[0]
+    assert result.trace.sdp_fallbacks == 0 and result.trace.radio_fallbacks == 0
+    assert_feasible(config, state, result.decision)

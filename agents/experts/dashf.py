@@ -374,7 +374,9 @@ def user_terms(terms: PairTerms, server: np.ndarray, delta: np.ndarray, compute_
                bandwidth: np.ndarray, power: np.ndarray, frequency: np.ndarray) -> dict[str, np.ndarray]:
     """Each user's latency (s), energy (J), stability and service from the :class:`PairTerms` formulas.
 
-    Arrays broadcast over leading axes ([..., N]); equals ``costs.evaluate`` for Q = 1 and t₀ = 0.
+    Arrays broadcast over leading axes ([..., N]); equals ``costs.evaluate`` for Q = 1 and t₀ = 0. This is the
+    surrogate the QCQP and Block B are built from, written out so that tests can check it against the model;
+    DASHF never scores a decision with it (:class:`ExactScore` goes through ``costs.evaluate``).
     """
     users = np.arange(terms.num_users)
     delta = np.asarray(delta, dtype=np.float64)
