@@ -615,7 +615,11 @@ class _RayRunner:
             if address == "local":
                 ray.init(num_cpus=workers if workers > 1 else None, include_dashboard=False, log_to_driver=False)
             else:
-                ray.init(address=address, log_to_driver=False)
+                try:
+                    ray.init(address=address, log_to_driver=False)
+                except ConnectionError as error:
+                    raise ValueError(f"ray_address: cannot reach a Ray cluster at {address!r} ({error}); start one "
+                                     "with `ray start --head` (then use 'auto') or run a local Ray (--ray)") from error
         self._task = ray.remote(max_retries=0)(run_job)
 
     def submit(self, job: EpisodeJob | GapJob) -> Any:

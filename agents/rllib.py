@@ -145,7 +145,11 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     if address:
-        ray.init(address=address, log_to_driver=False)
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except ConnectionError as error:
+            raise ValueError(f"address: cannot reach a Ray cluster at {address!r} ({error}); start one with "
+                             "`ray start --head` (then use 'auto') or leave the address out for a local Ray") from error
     else:
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
 
