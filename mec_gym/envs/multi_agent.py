@@ -21,9 +21,9 @@ central Box action, which the single env decodes and steps.
   :func:`mec_gym.model.costs.user_reward_terms` (its energy, latency, stability or SCR and its penalties).
 * **Episode end**: every agent is truncated after ``config.rounds`` rounds (no terminations), and
   ``agents`` becomes empty.
-* ``infos[agent]``: the team reward, the agent's own reward, latency (s), energy (J), server, local
-  layers, whether its update was dropped, and its repairs are in the team info of the single env
-  (``team_info()``).
+* ``infos[agent]``: the team reward, the agent's own reward, its latency (s), energy (J), server, local
+  layers and whether its update was dropped; the single env's full info of the round (team energy,
+  delay, stability, SCR, decoding repairs) is ``team_info()``.
 
 Usage::
 
