@@ -209,6 +209,6 @@ class EdgeTrainingVectorEnv(VectorEnv):
         return flat
 
     def close_extras(self, **kwargs: Any) -> None:
-        if self._pool is not None:
+        if getattr(self, "_pool", None) is not None:  # absent when __init__ raised
             self._pool.shutdown(wait=True)
             self._pool = None
