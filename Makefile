@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_PIN)"
-	$(BIN)/python -m pip install --quiet -e ".[dev,rllib]" "$(TORCH_PIN)"
+	$(BIN)/python -m pip install --quiet -e ".[dev,rllib,rl]" "$(TORCH_PIN)"
 	touch $(STAMP)
 
 demo: setup
