@@ -22,16 +22,19 @@ logs) and ``VecNormalize`` (observations, and rewards where the hyperparameters 
   continues from the newest), ``logs/runK/progress.csv`` and TensorBoard event files (SB3's
   losses, the episode return, and the raw per-round metrics of the env's ``info`` under
   ``metrics/``: energy J, delay s, stability, SCR, drop rate, budget violation),
-  ``evaluations.npz`` (validation returns), ``train.json`` (settings, timing) and, next to every
+  ``evaluations.npz`` (validation returns), ``train.jsonl`` (one line of settings and timing per
+  run) and, next to every
   saved model, ``<model>.json`` naming the algorithm and environment.
 * **Behaviour-cloning warm start** (``bc_expert``): run a registered policy (an expert or a
   heuristic) through ``Policy.act`` on training seeds, fit the policy's deterministic action to
   the expert's encoded actions (MSE) and the value head to the expert's discounted normalized
   returns, then fine-tune with PPO/SAC as usual.
 * **Threads.** ``torch.set_num_threads(threads)`` before anything is built; the default
-  :data:`DEFAULT_THREADS` = 1 was measured on the 2-core development machine (README: the
-  small MLP update is not faster with two threads, and the second core is better spent on
-  the environment and the evaluation).
+  :data:`DEFAULT_THREADS` = 1 was measured on the 2-core development machine (shared with other
+  jobs): PPO on ``default`` made 1 799 env-steps/s with one thread and 156 with two (the MLP is
+  small; two threads oversubscribe the cores the environment also needs).
+* **Resuming** loads the newest checkpoint (model and VecNormalize statistics); SAC's replay
+  buffer is not checkpointed, so a resumed SAC run refills it.
 
 Model files are pickles (SB3's zip holds pickled objects, VecNormalize statistics are a
 pickle): **loading one runs code** — only load files you trust.
@@ -619,7 +622,7 @@ def train(algo: str, env: str = "mec_gym/EdgeTraining-v0", timesteps: int | None
                          bc_history=bc_history)
     record = {**metadata, "resumed_from": resumed_from, "num_timesteps": result.num_timesteps, "wall_s": result.wall_s,
               "learn_s": learn_s, "steps_per_s": result.steps_per_s, "log_dir": str(log_dir)}
-    _append_json_lines(out / "train.json", record)
+    _append_json_lines(out / "train.jsonl", record)
     venv.close()
     return result
 
