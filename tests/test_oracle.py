@@ -10,6 +10,7 @@ import pytest
 
 import mec_gym
 from agents.experts import oracle
+from agents.experts.dashf import DashfPolicy
 from agents.heuristics import HEURISTICS
 from mec_gym.model import costs, reference
 from mec_gym.model import decision as decision_model
@@ -137,6 +138,42 @@ def test_oracle_on_tiny_versions_of_the_paper_scenarios(scenario: str) -> None:
     width = decision_model.action_dim_per_user(config) * config.num_users
     random_decisions, _ = decision_model.decode(config, batch, rng.uniform(-1, 1, (2000, width)))
     assert result.cost <= cost_of(config, batch, random_decisions).min() + 1e-9
+
+
+def assert_certified_and_best(config, state, result) -> None:
+    """Status optimal, |gap| within tolerance, and no policy beats the certified bound or the oracle's value."""
+    scale = max(1.0, abs(result.cost))
+    assert result.status == "optimal"
+    assert -1e-6 * scale <= result.gap <= 1e-6 * scale, (result.cost, result.bound)
+    decision_model.validate(config, state, result.decision)
+    dashf = DashfPolicy()
+    dashf.bind(config, seed=0)
+    rivals = {"dashf": float(cost_of(config, state, dashf.decide(state))[0]), **heuristic_costs(config, state)}
+    for name, value in rivals.items():
+        assert value >= result.bound - 1e-7 * scale, (name, value, result.bound)  # a bound no decision beats
+        assert result.cost <= value + 1e-6 * scale, (name, value, result.cost)  # optimal within the tolerance
+
+
+def test_scr_bound_is_certified_on_the_reported_qian2024_state() -> None:
+    """Regression: users 1 and 2 share server 0, user 2 only uploads adapters. With Q = 1 the pipeline's
+    max-stage epigraph was a free zero-cost direction; Clarabel stopped 1e-3 above the relaxation's
+    optimum, so the oracle returned reward 2.48115 with a 'bound' of -2.47942 (negative gap) while DASHF
+    reached 2.48224 with the same integers."""
+    config = oracle.tiny_variant(mec_gym.make_config("qian2024"))
+    state = list(oracle.iterate_states(config, 2, seed=0))[1]
+    assert_certified_and_best(config, state, oracle.solve(config, state))
+
+
+@pytest.mark.parametrize("servers", [1, 2])
+def test_scr_gap_is_nonnegative_and_the_oracle_beats_dashf_on_tiny_qian2024_states(servers: int) -> None:
+    """Two users, one server (they must share) or two with capacity 2 (association and sharing both
+    matter); before the fix 7 of these 12 states had a gap below -1e-6 or lost to DASHF."""
+    config = oracle.tiny_variant(mec_gym.make_config("qian2024")).override(
+        {"num_users": 2, "num_servers": servers, "server.capacity": 2})
+    assert config.objective == "scr"
+    for seed in range(3):
+        for state in oracle.iterate_states(config, 2, seed=seed):
+            assert_certified_and_best(config, state, oracle.solve(config, state))
 
 
 @pytest.mark.parametrize("scenario", list(mec_gym.SCENARIOS))

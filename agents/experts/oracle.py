@@ -57,7 +57,11 @@ arithmetic — giving an **upper bound**. Rounds re-place the tangents around ea
 the best upper bound is within ``tolerance`` of the smallest lower bound; sub-problems whose lower
 bound cannot beat the incumbent are pruned (their bound stays valid). The result reports the
 certified bound: optimal cost ≥ ``bound`` and ``cost − bound`` = ``gap``, up to the interior-point
-solver's tolerance (~1e-8 relative; a slightly negative gap is that tolerance).
+solver's tolerance (~1e-8 relative; a slightly negative gap is that tolerance). The program has
+no zero-cost unbounded direction (epigraph variables without a cost are pinned, see
+``_Relaxation``): on one, Clarabel reports "Solved" at points 1e-3 above the optimum. As a check,
+a solve that gives a block a relaxed value above the true cost of that block's own decision — which
+a relaxation's optimum cannot exceed — is not trusted as a bound (``_overshoots``).
 
 **Deadline drops.** A user whose latency exceeds the round deadline is dropped and the reward
 pays w_drop/N — a discontinuous term outside the convex program. It is handled exactly by
@@ -516,7 +520,8 @@ class _Relaxation:
         size, k = len(blocks.user), config.devices_per_user
         cons: list[cp.Constraint] = []
         self.variables: dict[str, cp.Variable] = {}
-        self.pipelines: list[tuple[cp.Variable, list[cp.Expression]]] = []  # (max-stage epigraph, stage times)
+        # (max-stage epigraph, stage times, slots with Q > 1 where the epigraph is active; 0 elsewhere)
+        self.pipelines: list[tuple[cp.Variable, list[cp.Expression], np.ndarray]] = []
         self.exponentials: list[tuple[cp.Variable, cp.Expression, np.ndarray]] = []  # (t, x, used): t ≥ e^x
 
         def exp(x: cp.Expression, used: np.ndarray) -> cp.Expression:
@@ -607,17 +612,29 @@ class _Relaxation:
         micro = blocks.micro.astype(np.float64)
         overhead = wl.overhead_s
 
+        piped = micro > 1  # slots whose makespan has a (Q−1)·max τ term
+
         def makespan(stages: list[tuple[Any, np.ndarray]]) -> cp.Expression:
-            """Σ τ + (Q−1)·max τ with τ = total/Q + t₀ on stages with work (pipeline.makespan)."""
+            """Σ τ + (Q−1)·max τ with τ = total/Q + t₀ on stages with work (pipeline.makespan).
+
+            The max-stage epigraph ``peak ≥ τ`` exists only where Q > 1; with Q = 1 it has no cost, and
+            left free above it is an unbounded zero-cost direction on which Clarabel reports "Solved"
+            at points whose block values are 1e-3 above the relaxation's optimum (not lower bounds:
+            they exceeded the true cost of feasible decisions on ``scr`` states). It is pinned to 0 there.
+            """
             peak = cp.Variable(size, nonneg=True)
             total = 0
             taus = []
+            index = np.flatnonzero(piped)
             for expr, has_work in stages:
                 tau = cp.multiply(1.0 / micro, expr) + overhead * has_work
-                cons.append(peak >= tau)
+                if len(index):
+                    cons.append(peak[index] >= tau[index])
                 taus.append(tau)
                 total = total + tau
-            self.pipelines.append((peak, taus))
+            if len(index) < size:
+                cons.append(peak[np.flatnonzero(~piped)] == 0)
+            self.pipelines.append((peak, taus, piped))
             return total + cp.multiply(micro - 1.0, peak)
 
         has = (const.dev_t > 0)
@@ -819,8 +836,8 @@ def restated_metrics(config: SystemConfig, state: SystemState, decision: Decisio
         variable.value = values[name]
     for epigraph, exponent, used in relaxation.exponentials:
         epigraph.value = np.where(used, np.exp(np.asarray(exponent.value, dtype=np.float64)), 0.0)
-    for peak, taus in relaxation.pipelines:
-        peak.value = np.max([np.asarray(tau.value, dtype=np.float64) for tau in taus], axis=0)
+    for peak, taus, piped in relaxation.pipelines:
+        peak.value = np.where(piped, np.max([np.asarray(tau.value, dtype=np.float64) for tau in taus], axis=0), 0.0)
     return {"latency_s": np.asarray(relaxation.latency.value),
             "energy_device_j": np.asarray(relaxation.energy_device.value),
             "energy_server_j": np.asarray(relaxation.energy_server.value)}
@@ -1104,9 +1121,11 @@ def _solve_chunk(config: SystemConfig, state: SystemState, search: _Search, ids:
                  tangents: dict[str, np.ndarray], late: np.ndarray, rules: Decision, scales: costs.Scales) -> int:
     """Solve the relaxation of blocks ``ids`` and record their bounds; returns the blocks that failed.
 
-    A program Clarabel cannot solve to its full accuracy is split in halves (recursively). A single
-    block that is still inaccurate contributes its decision (an upper bound) but not its value; one
-    that fails gets SCS (decision only), then is left with its previous bounds (still valid).
+    A program Clarabel cannot solve to its full accuracy, or whose solution gives a block a relaxed
+    value above the true cost of that block's own decision (:func:`_overshoots`), is split in halves
+    (recursively). A single block that is still inaccurate contributes its decision (an upper bound)
+    but not its value; one that fails gets SCS (decision only), then is left with its previous bounds
+    (still valid).
     """
     every = search.blocks
     mask = np.zeros(every.count, dtype=bool)
@@ -1117,6 +1136,12 @@ def _solve_chunk(config: SystemConfig, state: SystemState, search: _Search, ids:
     relaxation = _Relaxation(config, sub, sub_const, scales,
                              {name: points[slot_rows] for name, points in tangents.items()}, search.weights[ids])
     outcome = relaxation.solve()
+    if outcome != "failed":
+        values = relaxation.values()
+        decisions = _decisions(config, state, sub, sub_const, values, rules)
+        upper, drops = _block_costs(config, state, decisions, sub, scales)
+        if outcome == "optimal" and _overshoots(sub, values["block"], upper).any():
+            outcome = "inaccurate"
     if outcome != "optimal" and len(ids) > 1:
         half = len(ids) // 2
         return sum(_solve_chunk(config, state, search, part, tangents, late, rules, scales)
@@ -1125,9 +1150,9 @@ def _solve_chunk(config: SystemConfig, state: SystemState, search: _Search, ids:
         outcome = relaxation.solve("SCS")
         if outcome == "failed":
             return 1
-    values = relaxation.values()
-    decisions = _decisions(config, state, sub, sub_const, values, rules)
-    upper, drops = _block_costs(config, state, decisions, sub, scales)
+        values = relaxation.values()
+        decisions = _decisions(config, state, sub, sub_const, values, rules)
+        upper, drops = _block_costs(config, state, decisions, sub, scales)
     trusted = outcome == "optimal"
     search.update(ids, values["block"] if trusted else np.full(len(ids), -np.inf), upper, drops, decisions,
                   solved=trusted)
@@ -1136,6 +1161,22 @@ def _solve_chunk(config: SystemConfig, state: SystemState, search: _Search, ids:
         tangents[name][slot_rows] = refined[name]
     late[slot_rows] = (values["latency"] > config.workload.deadline_s) & sub_const.active & ~sub.deadline
     return 0
+
+
+_OVERSHOOT = 1e-6
+"""Relative excess of a block's relaxed value over its own decision's true cost that marks the solve untrusted."""
+
+
+def _overshoots(blocks: _Blocks, value: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """Blocks whose relaxed ``value`` exceeds ``upper``, the true cost of their own rounded decision [C].
+
+    Without a deadline constraint a block's relaxation is a relaxation of its sub-problem, so its
+    optimal value is at most the cost of any feasible decision, this one included: a value above
+    it (beyond ``_OVERSHOOT``) means the solver stopped at a non-optimal point and the value is no
+    lower bound. Drop branches (deadline slack priced in the program, not in the cost) are exempt.
+    """
+    soft = np.bincount(blocks.block, weights=blocks.deadline, minlength=blocks.count) > 0
+    return ~soft & (value > upper + _OVERSHOOT * np.maximum(1.0, np.abs(upper)))
 
 
 def _parents_of(search: _Search, first_child: int) -> list[int]:
