@@ -522,7 +522,10 @@ def partition_dp(config: SystemConfig, tables: ChainTables, max_layers: np.ndarr
                     + sets.uplink_tok[None, :] * tables.up_tok_j[:, None])
 
     # cap candidates x: one "low" cap per holder set, then every (set, position, layers) combination
-    low_cap = np.minimum(fixed_f_max, fixed_b_max / rho[:, None])  # [R, H]
+    # rho = 0 for a row without sequences this round (empty data queue): the division gives inf, or NaN for 0/0,
+    # and NaN caps fail the `useful` tests below
+    with np.errstate(divide="ignore", invalid="ignore"):
+        low_cap = np.minimum(fixed_f_max, fixed_b_max / rho[:, None])  # [R, H]
     n_sets = sets.mask.shape[0]
     cand_set = np.concatenate([np.arange(n_sets), sets.combo_set])
     combo_cap = slope[:, :, sets.combo_pos] * sets.combo_layers + offset[:, :, sets.combo_pos]  # [R, Qs, C]
