@@ -12,6 +12,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from agents.cli_util import parse_sets
+
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="mec_gym: collaborative LLM training at the mobile edge.")
 bench_app = typer.Typer(no_args_is_help=False, help="Benchmarks: policies on identical evaluation seeds; env speed.")
@@ -27,22 +29,12 @@ console = Console()
 POLICIES = ("reference", "random")
 
 
-def _parse_sets(values: list[str] | None) -> dict[str, str]:
-    overrides = {}
-    for item in values or []:
-        if "=" not in item:
-            raise typer.BadParameter(f"--set expects key=value, got {item!r}")
-        key, value = item.split("=", 1)
-        overrides[key.strip()] = value.strip()
-    return overrides
-
-
 def _make_env(scenario: str, sets: list[str] | None, rounds: int | None = None):
     import gymnasium as gym
 
     import mec_gym
 
-    overrides = _parse_sets(sets)
+    overrides = parse_sets(sets)
     if rounds is not None:
         overrides["rounds"] = rounds
     ids = {v: k for k, v in mec_gym.ENV_IDS.items()}
@@ -221,7 +213,7 @@ def bench(
 
     folder = out if out is not None else Path("runs/bench") / scenario
     try:
-        overrides = _parse_sets(set_)
+        overrides = parse_sets(set_)
         names = None if policies is None else policies.split(",")
         result = benchmark.run_benchmark(scenario, names, seeds=seeds, episodes=episodes, rounds=rounds,
                                          overrides=overrides, quick=quick, oracle_states=oracle_states,
@@ -370,7 +362,7 @@ def train_rllib_ppo(
     except ImportError as error:
         raise typer.BadParameter(str(error)) from error
     folder = out if out is not None else Path("runs/rllib") / (scenario + ("-multi" if multi_agent else ""))
-    overrides = _parse_sets(set_)
+    overrides = parse_sets(set_)
     try:
         summary = rllib.train_ppo(scenario, iterations, multi_agent, address=address, num_cpus=num_cpus, out=folder,
                                   log=console.print, reward_mode=reward_mode, overrides=overrides,

@@ -8,17 +8,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from agents.cli_util import parse_sets
+
 console = Console()
-
-
-def _parse_sets(values: list[str] | None) -> dict[str, str]:
-    overrides = {}
-    for item in values or []:
-        if "=" not in item:
-            raise typer.BadParameter(f"--set expects key=value, got {item!r}")
-        key, value = item.split("=", 1)
-        overrides[key.strip()] = value.strip()
-    return overrides
 
 
 def _train(algo: str, env: str, timesteps: int | None, out: Path | None, seed: int, n_envs: int | None,
@@ -29,7 +21,7 @@ def _train(algo: str, env: str, timesteps: int | None, out: Path | None, seed: i
 
     try:
         result = rl.train(algo, env, timesteps=timesteps, out=out, seed=seed, n_envs=n_envs, hyperparams=hyperparams,
-                          env_kwargs=_parse_sets(set_), eval_freq=eval_freq, eval_episodes=eval_episodes,
+                          env_kwargs=parse_sets(set_), eval_freq=eval_freq, eval_episodes=eval_episodes,
                           checkpoint_freq=checkpoint_freq, resume=resume, bc_expert=bc_expert,
                           bc_episodes=bc_episodes, bc_epochs=bc_epochs, threads=threads, progress_bar=progress,
                           max_minutes=max_minutes)
