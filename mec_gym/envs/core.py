@@ -90,14 +90,12 @@ class EdgeTrainingCore:
         config, state = self.config, self.state
         metrics = costs.evaluate(config, state, d)
         terms = costs.reward_terms(config, metrics, self.scales)
-        rows = state.round % self.randomness.block
-        envs = np.arange(self.num_envs)
-        normals = self.randomness.normals[envs, rows].astype(np.float64)
-        uniforms = self.randomness.uniforms[envs, rows]
+        normals, uniforms = self.randomness.current(state.round)
         trained = np.where(metrics.dropped, 0.0, metrics.sequences * config.workload.local_iterations)
         dynamics.transition(config, state, normals, uniforms, trained, metrics.energy_device_j, d.server,
                             metrics.server_work_flops)
-        exhausted = np.flatnonzero(state.round % self.randomness.block == 0)
+        # a finished episode (round = T) never reads another innovation: its next step is ignored and reset
+        exhausted = np.flatnonzero((state.round % self.randomness.block == 0) & (state.round < config.rounds))
         if len(exhausted):
             self.randomness.refill(exhausted)
         truncated = state.round >= config.rounds
