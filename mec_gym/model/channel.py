@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from mec_gym.model.numeric import divide_where
+
 
 def pathloss_db(distance_m: np.ndarray, db_at_1km: float, exponent_db: float, min_distance_m: float) -> np.ndarray:
     """Log-distance path loss PL = a + b·log10(d_km) dB.
@@ -44,9 +46,10 @@ def shannon_rate(bandwidth_hz: np.ndarray, gain: np.ndarray, power_w: np.ndarray
     b = np.asarray(bandwidth_hz, dtype=np.float64)
     signal = gain * power_w
     noise = noise_psd * b
-    shape = np.broadcast(signal, noise).shape
-    snr = np.divide(signal, noise, out=np.zeros(shape), where=noise > 0)
-    return b * (np.log1p(snr) / np.log(2.0))  # log1p: log2(1 + snr) loses precision at low SNR
+    snr = divide_where(signal, noise, noise > 0)
+    spectral = np.log1p(snr)  # log1p: log2(1 + snr) loses precision at low SNR
+    spectral /= np.log(2.0)
+    return b * spectral
 
 
 def transmission(bits: np.ndarray, rate_bps: np.ndarray, power_w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -55,7 +58,7 @@ def transmission(bits: np.ndarray, rate_bps: np.ndarray, power_w: np.ndarray) ->
     Zero bits cost nothing even on a zero-rate link.
     """
     bits = np.asarray(bits, dtype=np.float64)
-    delay = np.divide(bits, rate_bps, out=np.zeros(np.broadcast(bits, rate_bps).shape), where=bits > 0)
+    delay = divide_where(bits, rate_bps, bits > 0)
     return delay, power_w * delay
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from mec_gym.model.numeric import divide_where
+
 
 def compute_delay_energy(work_flops: np.ndarray, rate_max_flops: np.ndarray, level: np.ndarray,
                          power_max_w: np.ndarray, share: np.ndarray | float = 1.0) -> tuple[np.ndarray, np.ndarray]:
@@ -21,7 +23,7 @@ def compute_delay_energy(work_flops: np.ndarray, rate_max_flops: np.ndarray, lev
     """
     work = np.asarray(work_flops, dtype=np.float64)
     speed = share * level * rate_max_flops
-    delay = np.divide(work, speed, out=np.zeros(np.broadcast(work, speed).shape), where=work > 0)
+    delay = divide_where(work, speed, work > 0)
     energy = power_max_w * level**2 * work / rate_max_flops
     return delay, energy
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mec_gym.config import CONTROL_FIELDS, SystemConfig
-from mec_gym.model.dynamics import SystemState, server_totals
+from mec_gym.model.dynamics import SystemState, flat_server_index, server_totals
 
 
 @dataclass
@@ -98,18 +98,24 @@ def _unlevel(x: np.ndarray) -> np.ndarray:
     return 2.0 * x - 1.0
 
 
-def _per_server_sum(values: np.ndarray, server: np.ndarray, num_servers: int) -> np.ndarray:
-    """Σ of ``values`` [B,N] over each user's server, returned per user [B,N]."""
-    totals = server_totals(values, server, num_servers)
-    return totals[np.arange(server.shape[0])[:, None], server]
+def _per_server_sum(values: np.ndarray, flat_server: np.ndarray, shape: tuple[int, int],
+                    num_servers: int) -> np.ndarray:
+    """Σ of ``values`` [B,N] over each user's server, returned per user [B,N]; ``flat_server`` is
+    :func:`~mec_gym.model.dynamics.flat_server_index` of the association."""
+    totals = np.bincount(flat_server, weights=np.asarray(values, dtype=np.float64).ravel(),
+                         minlength=shape[0] * num_servers)
+    return totals.take(flat_server).reshape(shape)
 
 
 def _shares_from_weights(weights: np.ndarray, server: np.ndarray, num_servers: int,
                          eligible: np.ndarray) -> np.ndarray:
     """Normalize per server; a server whose eligible weights sum to 0 splits equally among them."""
-    w = np.where(eligible, weights, 0.0)
-    total = _per_server_sum(w, server, num_servers)
-    count = _per_server_sum(eligible, server, num_servers)
+    flat = flat_server_index(server, num_servers)
+    w = weights if eligible.all() else np.where(eligible, weights, 0.0)
+    total = _per_server_sum(w, flat, server.shape, num_servers)
+    if (total > 0).all():  # every user's server has weight: no equal splits needed
+        return np.divide(w, total)
+    count = _per_server_sum(eligible, flat, server.shape, num_servers)
     equal = np.where(eligible, 1.0 / np.maximum(count, 1.0), 0.0)
     return np.divide(w, total, out=equal, where=total > 0)
 
@@ -120,11 +126,15 @@ def largest_remainder(weights: np.ndarray, total: int) -> np.ndarray:
     w = np.ascontiguousarray(np.moveaxis(np.asarray(weights, dtype=np.float64), -1, 0))  # entries first
     parts = w.shape[0]
     s = w.sum(axis=0)
-    w = np.where(s > 0, w, 1.0)
-    s = np.where(s > 0, s, parts)
-    exact = total * w / s
-    counts = np.minimum(np.floor(exact + 1e-9), total)
-    remainder = exact - counts
+    if not (s > 0).all():
+        w = np.where(s > 0, w, 1.0)
+        s = np.where(s > 0, s, parts)
+    exact = np.multiply(total, w)
+    exact /= s
+    counts = exact + 1e-9
+    np.floor(counts, out=counts)
+    np.minimum(counts, total, out=counts)
+    remainder = np.subtract(exact, counts, out=exact)
     leftover = total - counts.sum(axis=0)
     # rank of each entry by remainder, descending, ties to the lower index
     rank = np.zeros(w.shape)
@@ -132,7 +142,7 @@ def largest_remainder(weights: np.ndarray, total: int) -> np.ndarray:
         ahead = remainder[j] > remainder
         ahead[j + 1:] |= remainder[j] == remainder[j + 1:]
         rank += ahead
-    counts = counts + (rank < leftover)
+    counts += rank < leftover
     return np.moveaxis(counts, 0, -1).astype(np.int64)
 
 
@@ -200,7 +210,7 @@ def decode(config: SystemConfig, state: SystemState, action: np.ndarray) -> tupl
     d = Decision()
 
     if "server" in parts:
-        d.server = _assign_with_capacity(config, parts["server"], repairs)
+        d.server = _assign_with_capacity(config, parts["server"], repairs, finite=True)
     if "split" in parts:
         counts = largest_remainder(_level(parts["split"]), layers)  # nodes 1..K, then the server
         d.split = np.concatenate([counts[..., -1:], counts[..., :-1]], axis=-1)
@@ -230,8 +240,22 @@ def decode(config: SystemConfig, state: SystemState, action: np.ndarray) -> tupl
     return complete(config, state, d), repairs
 
 
-def _assign_with_capacity(config: SystemConfig, scores: np.ndarray, repairs: dict[str, np.ndarray]) -> np.ndarray:
-    choice = np.argmax(scores, axis=-1)
+def first_argmax(scores: np.ndarray) -> np.ndarray:
+    """``np.argmax(scores, axis=-1)`` for finite scores (first index on ties), one comparison per
+    entry of the short last axis instead of numpy's per-row reduction."""
+    best = scores[..., 0]
+    choice = np.zeros(best.shape, dtype=np.int64)
+    for j in range(1, scores.shape[-1]):
+        better = scores[..., j] > best
+        choice[better] = j
+        best = np.maximum(best, scores[..., j])
+    return choice
+
+
+def _assign_with_capacity(config: SystemConfig, scores: np.ndarray, repairs: dict[str, np.ndarray],
+                          finite: bool = False) -> np.ndarray:
+    """Association from scores [B,N,M] with the capacity repair; ``finite`` promises finite scores."""
+    choice = first_argmax(scores) if finite else np.argmax(scores, axis=-1)
     capacity = config.server.capacity
     if not capacity:
         return choice
@@ -269,16 +293,22 @@ def _repair_split(config: SystemConfig, state: SystemState, split: np.ndarray,
     server and placed on the nodes in order, within their memory."""
     device = split[..., 1:].copy()
     carry = np.zeros(device.shape[:-1], dtype=np.int64)
-    for node in range(device.shape[-1]):
+    changed = np.zeros(device.shape[:-1], dtype=bool)
+    local = np.zeros(device.shape[:-1], dtype=np.int64)
+    for node in range(device.shape[-1]):  # K columns: elementwise, no reductions over the short axis
         total = device[..., node] + carry
         keep = np.minimum(total, state.max_layers[..., node])
         carry = total - keep
+        changed |= keep != device[..., node]
         device[..., node] = keep
-    repairs["memory"] += (device != split[..., 1:]).any(axis=-1).sum(axis=-1)
+        local += keep
+    repairs["memory"] += changed.sum(axis=-1)
     server = split[..., 0] + carry
-    deficit = np.minimum(np.maximum(config.split_min_local - device.sum(axis=-1), 0), server)
-    repairs["split_min_local"] += (deficit > 0).sum(axis=-1)
-    device = device + place_local_layers(deficit, state.max_layers - device)
+    deficit = np.minimum(np.maximum(config.split_min_local - local, 0), server)
+    short = deficit > 0
+    if short.any():
+        repairs["split_min_local"] += short.sum(axis=-1)
+        device = device + place_local_layers(deficit, state.max_layers - device)
     return np.concatenate([(server - deficit)[..., None], device], axis=-1)
 
 

@@ -94,11 +94,17 @@ class SystemState:
             getattr(self, f.name)[mask] = getattr(other, f.name)
 
 
+def flat_server_index(server: np.ndarray, num_servers: int) -> np.ndarray:
+    """Flat index b·M + m(b, n) of each user's server in a [B,M] array, [B·N]."""
+    flat = np.arange(0, server.shape[0] * num_servers, num_servers)[:, None] + server
+    return flat.ravel()
+
+
 def server_totals(values: np.ndarray, server: np.ndarray, num_servers: int) -> np.ndarray:
     """Σ of per-user ``values`` [B,N] over the users of each server, [B,M] (one bincount pass)."""
     batch = server.shape[0]
-    flat = (np.arange(batch)[:, None] * num_servers + server).ravel()
-    totals = np.bincount(flat, weights=np.asarray(values, dtype=np.float64).ravel(), minlength=batch * num_servers)
+    totals = np.bincount(flat_server_index(server, num_servers), weights=np.asarray(values, dtype=np.float64).ravel(),
+                         minlength=batch * num_servers)
     return totals.reshape(batch, num_servers)
 
 
