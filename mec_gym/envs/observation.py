@@ -97,14 +97,19 @@ class ObservationBuilder:
         return spaces.Box(self.low, self.high, dtype=np.float32)
 
     def flat(self, state: SystemState) -> np.ndarray:
-        """Observations [B, size], float32: each field written once into its slice, then clipped in place."""
+        """Observations [B, size], float32: each field clipped to its bounds and written once into its slice.
+
+        Clipping in float64 before the cast to float32 gives the same numbers as clipping after it
+        (the bounds are exact in float32 and rounding is monotone).
+        """
         config = self.config
         b = state.round.shape[0]
         wl = config.workload
         obs = np.empty((b, self.size), dtype=np.float32)
 
         def put(name: str, value: np.ndarray) -> None:
-            obs[:, self.layout[name][0]] = value.reshape(b, -1)
+            sl, _, low, high = self.layout[name]
+            np.clip(value.reshape(b, -1), low, high, out=obs[:, sl])
 
         put("channel_gain_db", _gain_feature(state.gain))
         put("data_queue", state.data_queue / (state.data_queue + wl.batch_max))
@@ -125,7 +130,7 @@ class ObservationBuilder:
             put("service_q0", state.service_q0)
             put("service_q1", state.service_q1)
         put("round", state.round / config.rounds)
-        return np.clip(obs, self.low, self.high, out=obs)
+        return obs
 
     def to_dict(self, flat: np.ndarray) -> dict[str, np.ndarray]:
         """Split flat observations ([B, size] or [size]) into the named fields."""
@@ -135,7 +140,8 @@ class ObservationBuilder:
 
 def _gain_feature(gain: np.ndarray) -> np.ndarray:
     """(10·log10 g + 100)/50, unclipped (``flat`` clips every field to its bounds)."""
-    feature = np.log10(np.maximum(gain, 1e-30))
+    feature = np.maximum(gain, 1e-30)
+    np.log10(feature, out=feature)
     feature *= 0.2
     feature += 2.0
     return feature

@@ -123,10 +123,16 @@ class EdgeTrainingVectorEnv(VectorEnv):
         return obs, {}
 
     def _reset_indices(self, indices: np.ndarray) -> None:
+        jobs = []
         for shard, lo, hi in zip(self._shards, self._bounds[:-1], self._bounds[1:], strict=True):
             local = indices[(indices >= lo) & (indices < hi)]
             if len(local):
-                shard.reset(local - lo, [self._generators[i] for i in local])
+                jobs.append((shard, local - lo, [self._generators[i] for i in local]))
+        if self._pool is None or len(jobs) < 2:
+            for shard, local, generators in jobs:
+                shard.reset(local, generators)
+        else:  # shards draw their first blocks of innovations in parallel
+            list(self._pool.map(lambda job: job[0].reset(job[1], job[2]), jobs))
         self._steps[indices] = 0
         self._needs_reset[indices] = False
 
@@ -186,8 +192,13 @@ class EdgeTrainingVectorEnv(VectorEnv):
         if not valid.any():
             return {}
 
+        everyone = bool(valid.all())
+
         def masked(parts: list[np.ndarray]) -> np.ndarray:
+            # the shards' info arrays are fresh each step and not kept, so they may be handed out as they are
             value = np.concatenate(parts) if len(parts) > 1 else np.asarray(parts[0])
+            if everyone:
+                return value
             return np.where(valid.reshape(-1, *[1] * (value.ndim - 1)), value, np.zeros((), dtype=value.dtype))
 
         infos: dict[str, Any] = {}

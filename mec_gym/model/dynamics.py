@@ -413,9 +413,11 @@ def transition(config: SystemConfig, state: SystemState, normals: np.ndarray, un
         """The next innovations times ``scale``, promoted to float64 (the product is exact in float64)."""
         nonlocal cur
         size = int(np.prod(shape))
-        out = np.multiply(scale, normals[:, cur:cur + size], dtype=np.float64).reshape(batch, *shape)
+        out = normals[:, cur:cur + size].astype(np.float64)
+        if scale != 1.0:
+            out *= scale
         cur += size
-        return out
+        return out.reshape(batch, *shape)
 
     state.user_pos_m, state.user_vel_mps = channel.gauss_markov_step(
         state.user_pos_m, state.user_vel_mps, take(1.0, n, 2), geo.speed_mps, geo.speed_std_mps,
