@@ -85,8 +85,10 @@ def gauss_markov_step(position: np.ndarray, velocity: np.ndarray, innovation: np
     """
     speed = np.sqrt(velocity[..., :1] ** 2 + velocity[..., 1:] ** 2)
     moving = speed > 0
-    if moving.all():  # the common case: no masking needed
-        heading = velocity / speed
+    if moving.all():  # the common case: no masking needed; per component (long loops, no broadcasting)
+        heading = np.empty(np.broadcast_shapes(velocity.shape, speed.shape))
+        for axis in range(heading.shape[-1]):
+            np.divide(velocity[..., axis], speed[..., 0], out=heading[..., axis])
     else:
         heading = np.where(moving, velocity / np.where(moving, speed, 1.0), 0.0)
     heading *= (1.0 - memory) * mean_speed
