@@ -48,8 +48,9 @@ class EdgeTrainingCore:
         children = [g.spawn(2) for g in generators]
         uniforms = dynamics.draw_episode_uniforms(self.config, [c[0] for c in children])
         fresh = dynamics.sample_episode(self.config, uniforms)
-        if self.state is None:
-            assert len(indices) == self.num_envs, "the first reset must cover every environment"
+        everyone = len(indices) == self.num_envs and bool((np.diff(indices) > 0).all())  # 0..B-1 in order
+        if self.state is None or everyone:
+            assert everyone, "the first reset must cover every environment"
             self.state = fresh
         else:
             mask = np.zeros(self.num_envs, dtype=bool)

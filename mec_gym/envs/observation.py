@@ -99,8 +99,8 @@ class ObservationBuilder:
     def flat(self, state: SystemState) -> np.ndarray:
         """Observations [B, size], float32: each field clipped to its bounds and written once into its slice.
 
-        Clipping in float64 before the cast to float32 gives the same numbers as clipping after it
-        (the bounds are exact in float32 and rounding is monotone).
+        Bounding from below in float64 before the cast to float32 gives the same numbers as clipping
+        after it (the bounds are exact in float32 and rounding is monotone).
         """
         config = self.config
         b = state.round.shape[0]
@@ -109,7 +109,9 @@ class ObservationBuilder:
 
         def put(name: str, value: np.ndarray) -> None:
             sl, _, low, high = self.layout[name]
-            np.clip(value.reshape(b, -1), low, high, out=obs[:, sl])
+            out = obs[:, sl]
+            np.maximum(value.reshape(b, -1), low, out=out)  # = np.clip, without its Python-level wrapper
+            np.minimum(out, high, out=out)
 
         put("channel_gain_db", _gain_feature(state.gain))
         put("data_queue", state.data_queue / (state.data_queue + wl.batch_max))

@@ -151,6 +151,14 @@ class EdgeTrainingVectorEnv(VectorEnv):
                              f"got {actions.shape}")
         resetting = self._needs_reset.copy()
         chunks = [actions[lo:hi] for lo, hi in zip(self._bounds[:-1], self._bounds[1:], strict=True)]
+        if self.autoreset_mode == AutoresetMode.NEXT_STEP and resetting.all():
+            # every sub-environment only resets this step: its round would be discarded, so skip it
+            for shard, chunk in zip(self._shards, chunks, strict=True):
+                shard.check_action(chunk)  # the same errors as a stepped round
+            self._reset_indices(np.arange(self.num_envs))
+            self._needs_reset = np.zeros(self.num_envs, dtype=bool)
+            zeros = np.zeros(self.num_envs, dtype=bool)
+            return self._observation(), np.zeros(self.num_envs), zeros, zeros.copy(), {}
         outputs = self._map(EdgeTrainingCore.step_batch, chunks)
         obs = np.concatenate([o[0] for o in outputs]) if len(outputs) > 1 else outputs[0][0]
         reward = np.concatenate([o[1] for o in outputs]).astype(np.float64)

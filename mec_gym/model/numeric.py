@@ -15,9 +15,9 @@ def divide_where(numerator: np.ndarray, denominator: np.ndarray, where: np.ndarr
     divides everywhere (masked-out quotients may be inf or NaN, without warnings) and zeroes the
     masked-out entries, which beats numpy's masked loop.
     """
-    shape = np.broadcast_shapes(np.shape(numerator), np.shape(denominator))
-    if len(shape) == 0 or np.size(where) < _SMALL:
-        return np.divide(numerator, denominator, out=np.zeros(shape), where=where)
+    if np.size(where) < _SMALL:
+        return np.divide(numerator, denominator, out=np.zeros(np.broadcast(numerator, denominator).shape),
+                         where=where)
     if where.all():
         return np.true_divide(numerator, denominator, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
