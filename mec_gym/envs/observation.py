@@ -31,6 +31,7 @@ from mec_gym import catalog
 from mec_gym.config import SystemConfig
 from mec_gym.model import llm
 from mec_gym.model.dynamics import SystemState
+from mec_gym.model.numeric import LARGE
 
 
 class ObservationBuilder:
@@ -107,11 +108,16 @@ class ObservationBuilder:
         wl = config.workload
         obs = np.empty((b, self.size), dtype=np.float32)
 
+        fused = obs.size >= LARGE  # large batches: bound each field on its way in; small: one clip at the end
+
         def put(name: str, value: np.ndarray) -> None:
             sl, _, low, high = self.layout[name]
             out = obs[:, sl]
-            np.maximum(value.reshape(b, -1), low, out=out)  # = np.clip, without its Python-level wrapper
-            np.minimum(out, high, out=out)
+            if fused:
+                np.maximum(value.reshape(b, -1), low, out=out)  # = np.clip, without its Python-level wrapper
+                np.minimum(out, high, out=out)
+            else:
+                out[...] = value.reshape(b, -1)
 
         put("channel_gain_db", _gain_feature(state.gain))
         put("data_queue", state.data_queue / (state.data_queue + wl.batch_max))
@@ -132,7 +138,7 @@ class ObservationBuilder:
             put("service_q0", state.service_q0)
             put("service_q1", state.service_q1)
         put("round", state.round / config.rounds)
-        return obs
+        return obs if fused else np.clip(obs, self.low, self.high, out=obs)
 
     def to_dict(self, flat: np.ndarray) -> dict[str, np.ndarray]:
         """Split flat observations ([B, size] or [size]) into the named fields."""

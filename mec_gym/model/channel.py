@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mec_gym.model.numeric import divide_where
+from mec_gym.model.numeric import LARGE, divide_where
 
 
 def pathloss_db(distance_m: np.ndarray, db_at_1km: float, exponent_db: float, min_distance_m: float) -> np.ndarray:
@@ -85,10 +85,12 @@ def gauss_markov_step(position: np.ndarray, velocity: np.ndarray, innovation: np
     """
     speed = np.sqrt(velocity[..., :1] ** 2 + velocity[..., 1:] ** 2)
     moving = speed > 0
-    if moving.all():  # the common case: no masking needed; per component (long loops, no broadcasting)
-        heading = np.empty(np.broadcast_shapes(velocity.shape, speed.shape))
-        for axis in range(heading.shape[-1]):
+    if moving.all() and velocity.size >= LARGE:  # per component: long loops, no broadcasting over the last axis
+        heading = np.empty(velocity.shape)
+        for axis in range(velocity.shape[-1]):
             np.divide(velocity[..., axis], speed[..., 0], out=heading[..., axis])
+    elif moving.all():
+        heading = velocity / speed
     else:
         heading = np.where(moving, velocity / np.where(moving, speed, 1.0), 0.0)
     heading *= (1.0 - memory) * mean_speed

@@ -34,6 +34,7 @@ import numpy as np
 
 from mec_gym.config import CONTROL_FIELDS, SystemConfig
 from mec_gym.model.dynamics import SystemState, flat_server_index, server_totals
+from mec_gym.model.numeric import LARGE
 
 
 @dataclass
@@ -255,7 +256,7 @@ def first_argmax(scores: np.ndarray) -> np.ndarray:
 def _assign_with_capacity(config: SystemConfig, scores: np.ndarray, repairs: dict[str, np.ndarray],
                           finite: bool = False) -> np.ndarray:
     """Association from scores [B,N,M] with the capacity repair; ``finite`` promises finite scores."""
-    choice = first_argmax(scores) if finite else np.argmax(scores, axis=-1)
+    choice = first_argmax(scores) if finite and scores.size >= LARGE else np.argmax(scores, axis=-1)
     capacity = config.server.capacity
     if not capacity:
         return choice

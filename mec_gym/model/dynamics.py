@@ -21,6 +21,7 @@ from scipy import special, stats
 from mec_gym import catalog
 from mec_gym.config import SystemConfig
 from mec_gym.model import channel, llm
+from mec_gym.model.numeric import LARGE
 
 
 @dataclass
@@ -286,15 +287,20 @@ def update_gains(config: SystemConfig, state: SystemState) -> None:
     """Recompute the derived linear gains from positions, shadowing and fading (in place)."""
     radio = config.radio
     sites = _server_sites(config.num_servers, config.geometry.area_m)
-    x, y = state.user_pos_m[..., 0], state.user_pos_m[..., 1]
-    distance = np.empty(state.shadowing_db.shape)
-    for m, (site_x, site_y) in enumerate(sites):  # one long loop per server, not [B,N,1] - [M] broadcasting
-        dx = x - site_x
-        dx *= dx
-        dy = y - site_y
-        dy *= dy
-        dx += dy
-        np.sqrt(dx, out=distance[..., m])
+    if state.shadowing_db.size >= LARGE:  # one long loop per server, not [B,N,1] - [M] broadcasting
+        x, y = state.user_pos_m[..., 0], state.user_pos_m[..., 1]
+        distance = np.empty(state.shadowing_db.shape)
+        for m, (site_x, site_y) in enumerate(sites):
+            dx = x - site_x
+            dx *= dx
+            dy = y - site_y
+            dy *= dy
+            dx += dy
+            np.sqrt(dx, out=distance[..., m])
+    else:
+        dx = state.user_pos_m[:, :, 0, None] - sites[:, 0]
+        dy = state.user_pos_m[:, :, 1, None] - sites[:, 1]
+        distance = np.sqrt(dx * dx + dy * dy)
     pl = channel.pathloss_db(distance, radio.pathloss_db_at_1km, radio.pathloss_exponent_db, radio.min_distance_m)
     state.gain = channel.channel_gain(pl, state.shadowing_db,
                                       channel.rayleigh_power(state.fading[..., 0], state.fading[..., 1]))

@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 _SMALL = 256  # below this many entries numpy's call overhead dominates: keep the one-call spelling
+LARGE = 2048
+"""Arrays with at least this many entries take the paths with more numpy calls and fewer passes."""
 
 
 def divide_where(numerator: np.ndarray, denominator: np.ndarray, where: np.ndarray) -> np.ndarray:
