@@ -71,8 +71,10 @@ class EdgeTrainingCore:
                 raise ValueError(f"action: expected shape {expected[1:] if self.num_envs == 1 else expected} "
                                  f"(num_users × {self.action_width // self.config.num_users} dims per user), "
                                  f"got {arr.shape}")
-        # one float64 sum is finite when every entry is (an overflowing sum of finite values is checked entrywise)
-        if not np.isfinite(arr.sum(dtype=np.float64)) and not np.all(np.isfinite(arr)):
+        # one sum is finite when every entry is (a sum that overflows from finite values is checked entrywise)
+        with np.errstate(over="ignore"):
+            total = arr.sum()
+        if not np.isfinite(total) and not np.all(np.isfinite(arr)):
             raise ValueError("action: contains NaN or infinite values; actions must be finite and lie in [-1, 1]")
         clipped = arr.astype(np.float64)
         return np.clip(clipped, -1.0, 1.0, out=clipped)

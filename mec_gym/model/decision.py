@@ -34,7 +34,7 @@ import numpy as np
 
 from mec_gym.config import CONTROL_FIELDS, SystemConfig
 from mec_gym.model.dynamics import SystemState, flat_server_index, server_totals
-from mec_gym.model.numeric import LARGE
+from mec_gym.model.numeric import LARGE, divide_where
 
 
 @dataclass
@@ -114,8 +114,11 @@ def _shares_from_weights(weights: np.ndarray, server: np.ndarray, num_servers: i
     flat = flat_server_index(server, num_servers)
     w = weights if eligible.all() else np.where(eligible, weights, 0.0)
     total = _per_server_sum(w, flat, server.shape, num_servers)
-    if (total > 0).all():  # every user's server has weight: no equal splits needed
+    positive = total > 0
+    if positive.all():  # every user's server has weight: no equal splits needed
         return np.divide(w, total)
+    if not (eligible & ~positive).any():  # weightless servers have no eligible users: their shares are 0
+        return divide_where(w, total, positive)
     count = _per_server_sum(eligible, flat, server.shape, num_servers)
     equal = np.where(eligible, 1.0 / np.maximum(count, 1.0), 0.0)
     return np.divide(w, total, out=equal, where=total > 0)
@@ -202,9 +205,11 @@ def decode(config: SystemConfig, state: SystemState, action: np.ndarray) -> tupl
     k, m, layers = config.devices_per_user, config.num_servers, config.num_layers
     dims = field_dims(config)
     a = np.asarray(action, dtype=np.float64).reshape(b, n, -1)
-    parts, start = {}, 0
+    levels = _level(a)  # (a + 1)/2 of every entry in one pass; the server scores use a itself
+    parts, level, start = {}, {}, 0
     for name, width in dims.items():
         parts[name] = a[..., start:start + width]
+        level[name] = levels[..., start:start + width]
         start += width
     repairs = {name: np.zeros(b, dtype=np.int64) for name in ("split_min_local", "memory", "capacity")}
     radio = config.radio
@@ -213,30 +218,30 @@ def decode(config: SystemConfig, state: SystemState, action: np.ndarray) -> tupl
     if "server" in parts:
         d.server = _assign_with_capacity(config, parts["server"], repairs, finite=True)
     if "split" in parts:
-        counts = largest_remainder(_level(parts["split"]), layers)  # nodes 1..K, then the server
+        counts = largest_remainder(level["split"], layers)  # nodes 1..K, then the server
         d.split = np.concatenate([counts[..., -1:], counts[..., :-1]], axis=-1)
         d.split = _repair_split(config, state, d.split, repairs)
     if "power" in parts:
-        level = _level(parts["power"])
-        d.power = radio.power_min_w + level[..., 0] * (state.power_max_w - radio.power_min_w)
+        power = level["power"]
+        d.power = radio.power_min_w + power[..., 0] * (state.power_max_w - radio.power_min_w)
         if k > 1:
-            d.d2d_power = radio.power_min_w + level[..., 1:] * (radio.d2d_power_max_w - radio.power_min_w)
+            d.d2d_power = radio.power_min_w + power[..., 1:] * (radio.d2d_power_max_w - radio.power_min_w)
     if "frequency" in parts:
         u_min = config.device.frequency_min
-        d.frequency = u_min + _level(parts["frequency"]) * (1.0 - u_min)
+        d.frequency = u_min + level["frequency"] * (1.0 - u_min)
     if "microbatches" in parts:
         q_max = config.workload.max_microbatches
-        d.microbatches = np.minimum(1 + np.floor(_level(parts["microbatches"][..., 0]) * q_max), q_max).astype(np.int64)
+        d.microbatches = np.minimum(1 + np.floor(level["microbatches"][..., 0] * q_max), q_max).astype(np.int64)
     if d.server is None:
         d.server = nearest_server(config, state)
     if d.split is None:
         d.split = complete(config, state, Decision(server=d.server, compute=np.zeros((b, n)))).split
     floor = radio.share_floor
     if "bandwidth" in parts:
-        weights = floor + (1.0 - floor) * _level(parts["bandwidth"][..., 0])
+        weights = floor + (1.0 - floor) * level["bandwidth"][..., 0]
         d.bandwidth = _shares_from_weights(weights, d.server, m, np.ones((b, n), dtype=bool))
     if "compute" in parts:
-        weights = floor + (1.0 - floor) * _level(parts["compute"][..., 0])
+        weights = floor + (1.0 - floor) * level["compute"][..., 0]
         d.compute = _shares_from_weights(weights, d.server, m, d.split[..., 0] > 0)
     return complete(config, state, d), repairs
 
