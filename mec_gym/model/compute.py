@@ -22,10 +22,19 @@ def compute_delay_energy(work_flops: np.ndarray, rate_max_flops: np.ndarray, lev
     server at full clock is u = 1, s = φ·(1−ℓ). Zero work costs nothing.
     """
     work = np.asarray(work_flops, dtype=np.float64)
-    speed = share * level * rate_max_flops
+    speed = _times(_times(share, level), rate_max_flops)
     delay = divide_where(work, speed, work > 0)
-    energy = power_max_w * level**2 * work / rate_max_flops
+    energy = _times(power_max_w, level**2) * work / rate_max_flops
     return delay, energy
+
+
+def _times(a: np.ndarray | float, b: np.ndarray | float) -> np.ndarray | float:
+    """a·b, skipping the exact multiplication by a scalar 1 (a full pass over a batch array)."""
+    if np.ndim(a) == 0 and a == 1.0:
+        return b
+    if np.ndim(b) == 0 and b == 1.0:
+        return a
+    return a * b
 
 
 def gpu_utilization(work_per_kernel_flops: np.ndarray, peak_flops: np.ndarray, utilization: float,
