@@ -29,10 +29,10 @@ def compute_delay_energy(work_flops: np.ndarray, rate_max_flops: np.ndarray, lev
 
 
 def _times(a: np.ndarray | float, b: np.ndarray | float) -> np.ndarray | float:
-    """a·b, skipping the exact multiplication by a scalar 1 (a full pass over a batch array)."""
-    if np.ndim(a) == 0 and a == 1.0:
+    """a·b, skipping the exact multiplication by a Python scalar 1 (a full pass over a batch array)."""
+    if isinstance(a, (int, float)) and a == 1.0:
         return b
-    if np.ndim(b) == 0 and b == 1.0:
+    if isinstance(b, (int, float)) and b == 1.0:
         return a
     return a * b
 
