@@ -419,7 +419,7 @@ def transition(config: SystemConfig, state: SystemState, normals: np.ndarray, un
     cur = 0
 
     def take(scale: float, *shape: int) -> np.ndarray:
-        """The next innovations times ``scale``, promoted to float64 (the product is exact in float64)."""
+        """The next innovations, promoted to float64, times ``scale`` (a new [B, *shape] array)."""
         nonlocal cur
         size = int(np.prod(shape))
         out = normals[:, cur:cur + size].astype(np.float64)
