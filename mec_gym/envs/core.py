@@ -48,8 +48,9 @@ class EdgeTrainingCore:
         children = [g.spawn(2) for g in generators]
         uniforms = dynamics.draw_episode_uniforms(self.config, [c[0] for c in children])
         fresh = dynamics.sample_episode(self.config, uniforms)
-        if self.state is None:
-            assert len(indices) == self.num_envs, "the first reset must cover every environment"
+        everyone = len(indices) == self.num_envs and bool((np.diff(indices) > 0).all())  # 0..B-1 in order
+        if self.state is None or everyone:
+            assert everyone, "the first reset must cover every environment"
             self.state = fresh
         else:
             mask = np.zeros(self.num_envs, dtype=bool)
@@ -70,9 +71,13 @@ class EdgeTrainingCore:
                 raise ValueError(f"action: expected shape {expected[1:] if self.num_envs == 1 else expected} "
                                  f"(num_users × {self.action_width // self.config.num_users} dims per user), "
                                  f"got {arr.shape}")
-        if not np.all(np.isfinite(arr)):
+        # one sum is finite when every entry is (a sum that overflows from finite values is checked entrywise)
+        with np.errstate(over="ignore"):
+            total = arr.sum()
+        if not np.isfinite(total) and not np.all(np.isfinite(arr)):
             raise ValueError("action: contains NaN or infinite values; actions must be finite and lie in [-1, 1]")
-        return np.clip(arr.astype(np.float64), -1.0, 1.0)
+        clipped = arr.astype(np.float64)
+        return np.clip(clipped, -1.0, 1.0, out=clipped)
 
     def step_action(self, action: np.ndarray) -> StepResult:
         """Decode a batch of Box actions (with repairs) and advance one round."""
@@ -90,14 +95,12 @@ class EdgeTrainingCore:
         config, state = self.config, self.state
         metrics = costs.evaluate(config, state, d)
         terms = costs.reward_terms(config, metrics, self.scales)
-        rows = state.round % self.randomness.block
-        envs = np.arange(self.num_envs)
-        normals = self.randomness.normals[envs, rows].astype(np.float64)
-        uniforms = self.randomness.uniforms[envs, rows]
+        normals, uniforms = self.randomness.current(state.round)
         trained = np.where(metrics.dropped, 0.0, metrics.sequences * config.workload.local_iterations)
         dynamics.transition(config, state, normals, uniforms, trained, metrics.energy_device_j, d.server,
                             metrics.server_work_flops)
-        exhausted = np.flatnonzero(state.round % self.randomness.block == 0)
+        # a finished episode (round = T) never reads another innovation: its next step is ignored and reset
+        exhausted = np.flatnonzero((state.round % self.randomness.block == 0) & (state.round < config.rounds))
         if len(exhausted):
             self.randomness.refill(exhausted)
         truncated = state.round >= config.rounds

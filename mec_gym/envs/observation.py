@@ -31,6 +31,7 @@ from mec_gym import catalog
 from mec_gym.config import SystemConfig
 from mec_gym.model import llm
 from mec_gym.model.dynamics import SystemState
+from mec_gym.model.numeric import LARGE
 
 
 class ObservationBuilder:
@@ -69,6 +70,13 @@ class ObservationBuilder:
         for sl, _, lo, hi in self.layout.values():
             low[sl], high[sl] = lo, hi
         self.low, self.high = low, high
+        # runs of adjacent fields with the same bounds: clipped in one call each, with scalar bounds
+        self._runs: list[tuple[slice, float, float]] = []
+        for sl, _, lo, hi in self.layout.values():
+            if self._runs and self._runs[-1][1:] == (lo, hi):
+                self._runs[-1] = (slice(self._runs[-1][0].start, sl.stop), lo, hi)
+            else:
+                self._runs.append((sl, lo, hi))
         self._scales(config)
 
     def _scales(self, config: SystemConfig) -> None:
@@ -97,20 +105,28 @@ class ObservationBuilder:
         return spaces.Box(self.low, self.high, dtype=np.float32)
 
     def flat(self, state: SystemState) -> np.ndarray:
-        """Observations [B, size], float32: each field written once into its slice, then clipped in place."""
+        """Observations [B, size], float32: each field clipped to its bounds and written once into its slice
+        (large batches clip each float64 field before the cast, small ones the float32 runs of fields with
+        the same bounds after it: the same numbers)."""
         config = self.config
         b = state.round.shape[0]
         wl = config.workload
         obs = np.empty((b, self.size), dtype=np.float32)
 
-        def put(name: str, value: np.ndarray) -> None:
-            obs[:, self.layout[name][0]] = value.reshape(b, -1)
+        bound_each = obs.size >= LARGE  # large batches: bound each field in float64, in place, on its way in
+
+        def put(name: str, value: np.ndarray, owned: bool = True) -> None:
+            sl, _, low, high = self.layout[name]
+            if bound_each:  # same numbers as clipping after the cast: exact bounds, monotone rounding
+                value = np.maximum(value, low, out=value if owned else None)
+                np.minimum(value, high, out=value)
+            obs[:, sl] = value.reshape(b, -1)
 
         put("channel_gain_db", _gain_feature(state.gain))
         put("data_queue", state.data_queue / (state.data_queue + wl.batch_max))
         put("energy_queue", state.energy_queue / (state.energy_queue + self.budget) if self.budget > 0
             else np.zeros_like(state.energy_queue))
-        put("server_load", state.load)
+        put("server_load", state.load, owned=False)
         put("users_per_server", state.users_per_server / config.num_users)
         put("server_work", state.server_work_flops / (state.server_work_flops + self.work_ref))
         put("server_capability", state.server_peak_flops / self.server_ref)
@@ -122,10 +138,15 @@ class ObservationBuilder:
             i, j = np.triu_indices(config.devices_per_user, 1)
             put("d2d_gain_db", _gain_feature(state.d2d_gain[:, :, i, j]))
         if config.objective == "scr":
-            put("service_q0", state.service_q0)
-            put("service_q1", state.service_q1)
+            put("service_q0", state.service_q0, owned=False)
+            put("service_q1", state.service_q1, owned=False)
         put("round", state.round / config.rounds)
-        return np.clip(obs, self.low, self.high, out=obs)
+        if not bound_each:
+            for sl, low, high in self._runs:  # = np.clip(obs, self.low, self.high), without per-column bounds
+                run = obs[:, sl]
+                np.maximum(run, low, out=run)
+                np.minimum(run, high, out=run)
+        return obs
 
     def to_dict(self, flat: np.ndarray) -> dict[str, np.ndarray]:
         """Split flat observations ([B, size] or [size]) into the named fields."""
@@ -135,7 +156,8 @@ class ObservationBuilder:
 
 def _gain_feature(gain: np.ndarray) -> np.ndarray:
     """(10·log10 g + 100)/50, unclipped (``flat`` clips every field to its bounds)."""
-    feature = np.log10(np.maximum(gain, 1e-30))
+    feature = np.maximum(gain, 1e-30)
+    np.log10(feature, out=feature)
     feature *= 0.2
     feature += 2.0
     return feature

@@ -123,10 +123,16 @@ class EdgeTrainingVectorEnv(VectorEnv):
         return obs, {}
 
     def _reset_indices(self, indices: np.ndarray) -> None:
+        jobs = []
         for shard, lo, hi in zip(self._shards, self._bounds[:-1], self._bounds[1:], strict=True):
             local = indices[(indices >= lo) & (indices < hi)]
             if len(local):
-                shard.reset(local - lo, [self._generators[i] for i in local])
+                jobs.append((shard, local - lo, [self._generators[i] for i in local]))
+        if self._pool is None or len(jobs) < 2:
+            for shard, local, generators in jobs:
+                shard.reset(local, generators)
+        else:  # shards draw their first blocks of innovations in parallel
+            list(self._pool.map(lambda job: job[0].reset(job[1], job[2]), jobs))
         self._steps[indices] = 0
         self._needs_reset[indices] = False
 
@@ -145,6 +151,14 @@ class EdgeTrainingVectorEnv(VectorEnv):
                              f"got {actions.shape}")
         resetting = self._needs_reset.copy()
         chunks = [actions[lo:hi] for lo, hi in zip(self._bounds[:-1], self._bounds[1:], strict=True)]
+        if self.autoreset_mode == AutoresetMode.NEXT_STEP and resetting.all():
+            # every sub-environment only resets this step: its round would be discarded, so skip it
+            for shard, chunk in zip(self._shards, chunks, strict=True):
+                shard.check_action(chunk)  # the same errors as a stepped round
+            self._reset_indices(np.arange(self.num_envs))
+            self._needs_reset = np.zeros(self.num_envs, dtype=bool)
+            zeros = np.zeros(self.num_envs, dtype=bool)
+            return self._observation(), np.zeros(self.num_envs), zeros, zeros.copy(), {}
         outputs = self._map(EdgeTrainingCore.step_batch, chunks)
         obs = np.concatenate([o[0] for o in outputs]) if len(outputs) > 1 else outputs[0][0]
         reward = np.concatenate([o[1] for o in outputs]).astype(np.float64)
@@ -186,8 +200,13 @@ class EdgeTrainingVectorEnv(VectorEnv):
         if not valid.any():
             return {}
 
+        everyone = bool(valid.all())
+
         def masked(parts: list[np.ndarray]) -> np.ndarray:
+            # the shards' info arrays are fresh each step and not kept, so they may be handed out as they are
             value = np.concatenate(parts) if len(parts) > 1 else np.asarray(parts[0])
+            if everyone:
+                return value
             return np.where(valid.reshape(-1, *[1] * (value.ndim - 1)), value, np.zeros((), dtype=value.dtype))
 
         infos: dict[str, Any] = {}

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from mec_gym.model.numeric import LARGE, divide_where
+
 
 def pathloss_db(distance_m: np.ndarray, db_at_1km: float, exponent_db: float, min_distance_m: float) -> np.ndarray:
     """Log-distance path loss PL = a + b·log10(d_km) dB.
@@ -16,13 +18,19 @@ def pathloss_db(distance_m: np.ndarray, db_at_1km: float, exponent_db: float, mi
     148 + 40·log10(d_km) for D2D ([CP25] notes §6.3). Distances are clipped below at
     ``min_distance_m`` so the model stays in its range of validity.
     """
-    d_km = np.maximum(distance_m, min_distance_m) * 1e-3
-    return db_at_1km + exponent_db * np.log10(d_km)
+    d_km = np.maximum(distance_m, min_distance_m)
+    d_km *= 1e-3  # in place: the hot path runs this on every user-server pair each round
+    log = np.log10(d_km)
+    log *= exponent_db
+    log += db_at_1km
+    return log
 
 
 def channel_gain(pathloss: np.ndarray, shadowing_db: np.ndarray, fading_power: np.ndarray | float) -> np.ndarray:
     """Linear channel gain g = 10^{-(PL + X_σ)/10}·|h|² (path loss, log-normal shadowing, Rayleigh fading)."""
-    return np.exp((pathloss + shadowing_db) * (-np.log(10.0) / 10.0)) * fading_power
+    exponent = np.add(pathloss, shadowing_db)
+    exponent *= -np.log(10.0) / 10.0
+    return np.exp(exponent) * fading_power
 
 
 def noise_psd_w_per_hz(noise_psd_dbm_hz: float, noise_figure_db: float) -> float:
@@ -38,9 +46,10 @@ def shannon_rate(bandwidth_hz: np.ndarray, gain: np.ndarray, power_w: np.ndarray
     b = np.asarray(bandwidth_hz, dtype=np.float64)
     signal = gain * power_w
     noise = noise_psd * b
-    shape = np.broadcast(signal, noise).shape
-    snr = np.divide(signal, noise, out=np.zeros(shape), where=noise > 0)
-    return b * (np.log1p(snr) / np.log(2.0))  # log1p: log2(1 + snr) loses precision at low SNR
+    snr = divide_where(signal, noise, noise > 0)
+    spectral = np.log1p(snr)  # log1p: log2(1 + snr) loses precision at low SNR
+    spectral /= np.log(2.0)
+    return b * spectral
 
 
 def transmission(bits: np.ndarray, rate_bps: np.ndarray, power_w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -49,18 +58,22 @@ def transmission(bits: np.ndarray, rate_bps: np.ndarray, power_w: np.ndarray) ->
     Zero bits cost nothing even on a zero-rate link.
     """
     bits = np.asarray(bits, dtype=np.float64)
-    delay = np.divide(bits, rate_bps, out=np.zeros(np.broadcast(bits, rate_bps).shape), where=bits > 0)
+    delay = divide_where(bits, rate_bps, bits > 0)
     return delay, power_w * delay
 
 
 def ar1(previous: np.ndarray, innovation: np.ndarray, correlation: float) -> np.ndarray:
     """First-order autoregressive update x' = ρ·x + sqrt(1-ρ²)·w (stationary if w has x's variance)."""
-    return correlation * previous + np.sqrt(1.0 - correlation**2) * innovation
+    updated = np.multiply(correlation, previous)
+    updated += np.sqrt(1.0 - correlation**2) * innovation
+    return updated
 
 
 def rayleigh_power(fading_re: np.ndarray, fading_im: np.ndarray) -> np.ndarray:
     """|h|² of a complex Gaussian h with unit mean power (re and im each of variance 1/2)."""
-    return fading_re**2 + fading_im**2
+    power = np.square(fading_re)
+    power += np.square(fading_im)
+    return power
 
 
 def gauss_markov_step(position: np.ndarray, velocity: np.ndarray, innovation: np.ndarray, mean_speed: float,
@@ -71,17 +84,33 @@ def gauss_markov_step(position: np.ndarray, velocity: np.ndarray, innovation: np
     x' = x + v'·dt, reflected at 0 and ``area``. Returns (position, velocity), metres and m/s.
     """
     speed = np.sqrt(velocity[..., :1] ** 2 + velocity[..., 1:] ** 2)
-    heading = np.where(speed > 0, velocity / np.where(speed > 0, speed, 1.0), 0.0)
-    new_velocity = memory * velocity + (1.0 - memory) * mean_speed * heading \
-        + np.sqrt(1.0 - memory**2) * speed_std * innovation
-    new_position = position + new_velocity * dt
-    # reflect at the walls: positions folded back inside, velocity component flipped
+    moving = speed > 0
+    if moving.all() and velocity.size >= LARGE:  # per component: long loops, no broadcasting over the last axis
+        heading = np.empty(velocity.shape)
+        for axis in range(velocity.shape[-1]):
+            np.divide(velocity[..., axis], speed[..., 0], out=heading[..., axis])
+    elif moving.all():
+        heading = velocity / speed
+    else:
+        heading = np.where(moving, velocity / np.where(moving, speed, 1.0), 0.0)
+    heading *= (1.0 - memory) * mean_speed
+    new_velocity = np.multiply(memory, velocity, order="C")  # C order: reflected through flat views below
+    new_velocity += heading
+    new_velocity += np.sqrt(1.0 - memory**2) * speed_std * innovation
+    new_position = new_velocity * dt
+    new_position += position
+    # reflect at the walls: positions folded back inside, velocity component flipped (few entries:
+    # fixed through their flat indices)
     below = new_position < 0.0
     above = new_position > area
-    new_position = np.where(below, -new_position, new_position)
-    new_position = np.where(above, 2.0 * area - new_position, new_position)
-    new_position = np.clip(new_position, 0.0, area)
-    new_velocity = np.where(below | above, -new_velocity, new_velocity)
+    hit = np.flatnonzero(below | above)
+    if hit.size:
+        flat_position, flat_velocity = new_position.reshape(-1), new_velocity.reshape(-1)
+        folded = flat_position[hit]
+        folded = np.where(below.reshape(-1)[hit], -folded, folded)
+        flat_position[hit] = np.where(above.reshape(-1)[hit], 2.0 * area - folded, folded)
+        flat_velocity[hit] = -flat_velocity[hit]
+    np.clip(new_position, 0.0, area, out=new_position)
     return new_position, new_velocity
 
 

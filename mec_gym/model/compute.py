@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from mec_gym.model.numeric import divide_where
+
 
 def compute_delay_energy(work_flops: np.ndarray, rate_max_flops: np.ndarray, level: np.ndarray,
                          power_max_w: np.ndarray, share: np.ndarray | float = 1.0) -> tuple[np.ndarray, np.ndarray]:
@@ -20,10 +22,19 @@ def compute_delay_energy(work_flops: np.ndarray, rate_max_flops: np.ndarray, lev
     server at full clock is u = 1, s = φ·(1−ℓ). Zero work costs nothing.
     """
     work = np.asarray(work_flops, dtype=np.float64)
-    speed = share * level * rate_max_flops
-    delay = np.divide(work, speed, out=np.zeros(np.broadcast(work, speed).shape), where=work > 0)
-    energy = power_max_w * level**2 * work / rate_max_flops
+    speed = _times(_times(share, level), rate_max_flops)
+    delay = divide_where(work, speed, work > 0)
+    energy = _times(power_max_w, level**2) * work / rate_max_flops
     return delay, energy
+
+
+def _times(a: np.ndarray | float, b: np.ndarray | float) -> np.ndarray | float:
+    """a·b, skipping the exact multiplication by a Python scalar 1 (a full pass over a batch array)."""
+    if isinstance(a, (int, float)) and a == 1.0:
+        return b
+    if isinstance(b, (int, float)) and b == 1.0:
+        return a
+    return a * b
 
 
 def gpu_utilization(work_per_kernel_flops: np.ndarray, peak_flops: np.ndarray, utilization: float,

@@ -14,7 +14,8 @@ import numpy as np
 from mec_gym.config import SystemConfig
 from mec_gym.model import channel, compute, llm, pipeline
 from mec_gym.model.decision import Decision
-from mec_gym.model.dynamics import SystemState
+from mec_gym.model.dynamics import SystemState, flat_server_index
+from mec_gym.model.numeric import divide_where
 
 
 @dataclass
@@ -56,8 +57,7 @@ def stability_bound(config: SystemConfig, local_layers: np.ndarray, samples: np.
     fraction = np.where(local_layers >= layers, 1.0 / (2.0 * layers), 1.0 - local_layers / layers)
     k = np.asarray(samples, dtype=np.float64)
     denominator = k * fraction
-    return np.divide(2.0 * config.workload.lipschitz**2, denominator, out=np.zeros(denominator.shape),
-                     where=k > 0)
+    return divide_where(2.0 * config.workload.lipschitz**2, denominator, np.broadcast_to(k > 0, denominator.shape))
 
 
 def service_quality(q0: np.ndarray, q1: np.ndarray, server_share: np.ndarray) -> np.ndarray:
@@ -75,15 +75,14 @@ def aggregate_delay(config: SystemConfig, latency_s: np.ndarray) -> np.ndarray:
     return latency_s.mean(axis=-1)
 
 
-def _take(per_server: np.ndarray, server: np.ndarray) -> np.ndarray:
-    """Value of each user's server from a per-server [B,M] array, [B,N]."""
-    return per_server[np.arange(server.shape[0])[:, None], server]
+def _take(per_server: np.ndarray, flat_server: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Value of each user's server from a per-server [B,M] array, [B,N] (``flat_server``: b·M + m(b, n))."""
+    return np.ravel(per_server).take(flat_server).reshape(shape)
 
 
-def _pair(per_pair: np.ndarray, server: np.ndarray) -> np.ndarray:
-    """Value of the (user, its server) pair from a per-pair [B,N,M] array, [B,N]."""
-    batch, users = server.shape
-    return per_pair[np.arange(batch)[:, None], np.arange(users), server]
+def _pair(per_pair: np.ndarray, flat_pair: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Value of the (user, its server) pair from a per-pair [B,N,M] array, [B,N] (``flat_pair``: (b·N + n)·M + m)."""
+    return np.ravel(per_pair).take(flat_pair).reshape(shape)
 
 
 def _chain_hops(config: SystemConfig, state: SystemState, decision: Decision, sequences: np.ndarray,
@@ -159,6 +158,9 @@ def evaluate(config: SystemConfig, state: SystemState, decision: Decision) -> Ro
     server_layers = split[..., 0]
     local = device_layers.sum(axis=-1)
     server = decision.server
+    users = server.shape  # [B,N]
+    flat_server = flat_server_index(server, config.num_servers)
+    flat_pair = np.arange(0, server.size * config.num_servers, config.num_servers) + server.ravel()
 
     # on-device compute (per node)
     node_work = device_layers * sequences[..., None]
@@ -169,14 +171,14 @@ def evaluate(config: SystemConfig, state: SystemState, decision: Decision) -> Ro
                                                         state.device_power_w)
 
     # server compute: share φ of the capacity left by background load, size-dependent utilization
-    peak = _take(state.server_peak_flops, server)
+    peak = _take(state.server_peak_flops, flat_server, users)
     kernel = sequences / micro * (forward_flops + backward_flops)
     srv = config.server
     rate = compute.gpu_utilization(kernel, peak, srv.utilization, srv.saturation_seconds,
                                    srv.utilization_exponent) * peak
-    available = decision.compute * (1.0 - _take(state.load, server))
+    available = decision.compute * (1.0 - _take(state.load, flat_server, users))
     level, share = (available, 1.0) if srv.energy_model == "frequency" else (1.0, available)
-    server_power = _take(state.server_power_w, server)
+    server_power = _take(state.server_power_w, flat_server, users)
     server_work = server_layers * sequences
     srv_fwd_t, srv_fwd_e = compute.compute_delay_energy(server_work * forward_flops, rate, level, server_power,
                                                         share)
@@ -185,7 +187,7 @@ def evaluate(config: SystemConfig, state: SystemState, decision: Decision) -> Ro
 
     # radio: uplink of cut activations (raw tokens when α = 0), downlink of their gradients
     noise = channel.noise_psd_w_per_hz(radio.noise_psd_dbm_hz, radio.noise_figure_db)
-    gain = _pair(state.gain, server)
+    gain = _pair(state.gain, flat_pair, users)
     bandwidth = srv.bandwidth_hz * decision.bandwidth
     uplink_rate = channel.shannon_rate(bandwidth, gain, decision.power, noise)
     server_in_chain = (server_layers > 0) | config.head_on_server
@@ -205,29 +207,34 @@ def evaluate(config: SystemConfig, state: SystemState, decision: Decision) -> Ro
                                                              token_bits, noise)
     # each round runs I = local_iterations pipelined training iterations, then one aggregation upload
     iterations = wl.local_iterations
-    node_energy = iterations * (dev_fwd_e + dev_bwd_e + hop_e)
     k = config.devices_per_user
-    if k == 1:
-        node_energy = node_energy + (iterations * up_e + agg_e)[..., None]
+    if k == 1:  # no D2D hops (their times and energies are zero)
+        node_energy = iterations * (dev_fwd_e + dev_bwd_e)
+        node_energy += (iterations * up_e + agg_e)[..., None]
     else:
+        node_energy = iterations * (dev_fwd_e + dev_bwd_e + hop_e)
         node_energy = node_energy + (uplink_sender[..., None] == np.arange(k)) * (iterations * up_e)[..., None]
         node_energy[..., 0] += agg_e
 
-    # stage-major [J, B, N]: node compute and D2D hops of every node, the radio link, the server
-    fwd_stages = np.concatenate([np.moveaxis(dev_fwd_t, -1, 0), np.moveaxis(hop_fwd_t, -1, 0), up_t[None],
-                                 srv_fwd_t[None]], axis=0)
-    bwd_stages = np.concatenate([np.moveaxis(dev_bwd_t, -1, 0), np.moveaxis(hop_bwd_t, -1, 0), down_t[None],
-                                 srv_bwd_t[None]], axis=0)
+    # stages in chain order: node compute and D2D hops of every node, the radio link, the server
+    if k == 1:  # a list of [B,N] stages; the all-zero hop stage adds nothing to the sum or the max
+        fwd_stages = [dev_fwd_t[..., 0], up_t, srv_fwd_t]
+        bwd_stages = [dev_bwd_t[..., 0], down_t, srv_bwd_t]
+    else:  # stage-major [J, B, N]
+        fwd_stages = np.concatenate([np.moveaxis(dev_fwd_t, -1, 0), np.moveaxis(hop_fwd_t, -1, 0), up_t[None],
+                                     srv_fwd_t[None]], axis=0)
+        bwd_stages = np.concatenate([np.moveaxis(dev_bwd_t, -1, 0), np.moveaxis(hop_bwd_t, -1, 0), down_t[None],
+                                     srv_bwd_t[None]], axis=0)
     forward_s = iterations * pipeline.makespan(pipeline.stage_times(fwd_stages, micro, wl.overhead_s), micro)
     backward_s = iterations * pipeline.makespan(pipeline.stage_times(bwd_stages, micro, wl.overhead_s), micro)
     latency = forward_s + backward_s + agg_t
 
-    energy_device = node_energy.sum(axis=-1)
+    energy_device = node_energy[..., 0].copy() if k == 1 else node_energy.sum(axis=-1)
     energy_server = iterations * (srv_fwd_e + srv_bwd_e + down_e)
     energy_user = energy_device + config.server_energy_weight * energy_server
     samples = np.where(active, float(wl.stability_samples), 0.0) if wl.stability_samples else iterations * sequences
     stability = stability_bound(config, local, samples)
-    service = service_quality(_pair(state.service_q0, server), _pair(state.service_q1, server),
+    service = service_quality(_pair(state.service_q0, flat_pair, users), _pair(state.service_q1, flat_pair, users),
                               server_layers / layers)
     memory = device_layers * llm.layer_memory_bytes(spec, wl, sequences, state.seq_len)[..., None]
     dropped = (latency > wl.deadline_s) & active if wl.deadline_s > 0 else np.zeros_like(active)

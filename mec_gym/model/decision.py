@@ -33,7 +33,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from mec_gym.config import CONTROL_FIELDS, SystemConfig
-from mec_gym.model.dynamics import SystemState, server_totals
+from mec_gym.model.dynamics import SystemState, flat_server_index, server_totals
+from mec_gym.model.numeric import LARGE, divide_where
 
 
 @dataclass
@@ -98,18 +99,27 @@ def _unlevel(x: np.ndarray) -> np.ndarray:
     return 2.0 * x - 1.0
 
 
-def _per_server_sum(values: np.ndarray, server: np.ndarray, num_servers: int) -> np.ndarray:
-    """Σ of ``values`` [B,N] over each user's server, returned per user [B,N]."""
-    totals = server_totals(values, server, num_servers)
-    return totals[np.arange(server.shape[0])[:, None], server]
+def _per_server_sum(values: np.ndarray, flat_server: np.ndarray, shape: tuple[int, int],
+                    num_servers: int) -> np.ndarray:
+    """Σ of ``values`` [B,N] over each user's server, returned per user [B,N]; ``flat_server`` is
+    :func:`~mec_gym.model.dynamics.flat_server_index` of the association."""
+    totals = np.bincount(flat_server, weights=np.asarray(values, dtype=np.float64).ravel(),
+                         minlength=shape[0] * num_servers)
+    return totals.take(flat_server).reshape(shape)
 
 
 def _shares_from_weights(weights: np.ndarray, server: np.ndarray, num_servers: int,
                          eligible: np.ndarray) -> np.ndarray:
     """Normalize per server; a server whose eligible weights sum to 0 splits equally among them."""
-    w = np.where(eligible, weights, 0.0)
-    total = _per_server_sum(w, server, num_servers)
-    count = _per_server_sum(eligible, server, num_servers)
+    flat = flat_server_index(server, num_servers)
+    w = weights if eligible.all() else np.where(eligible, weights, 0.0)
+    total = _per_server_sum(w, flat, server.shape, num_servers)
+    positive = total > 0
+    if positive.all():  # every user's server has weight: no equal splits needed
+        return np.divide(w, total)
+    if not (eligible & ~positive).any():  # weightless servers have no eligible users: their shares are 0
+        return divide_where(w, total, positive)
+    count = _per_server_sum(eligible, flat, server.shape, num_servers)
     equal = np.where(eligible, 1.0 / np.maximum(count, 1.0), 0.0)
     return np.divide(w, total, out=equal, where=total > 0)
 
@@ -120,11 +130,15 @@ def largest_remainder(weights: np.ndarray, total: int) -> np.ndarray:
     w = np.ascontiguousarray(np.moveaxis(np.asarray(weights, dtype=np.float64), -1, 0))  # entries first
     parts = w.shape[0]
     s = w.sum(axis=0)
-    w = np.where(s > 0, w, 1.0)
-    s = np.where(s > 0, s, parts)
-    exact = total * w / s
-    counts = np.minimum(np.floor(exact + 1e-9), total)
-    remainder = exact - counts
+    if not (s > 0).all():
+        w = np.where(s > 0, w, 1.0)
+        s = np.where(s > 0, s, parts)
+    exact = np.multiply(total, w)
+    exact /= s
+    counts = exact + 1e-9
+    np.floor(counts, out=counts)
+    np.minimum(counts, total, out=counts)
+    remainder = np.subtract(exact, counts, out=exact)
     leftover = total - counts.sum(axis=0)
     # rank of each entry by remainder, descending, ties to the lower index
     rank = np.zeros(w.shape)
@@ -132,7 +146,7 @@ def largest_remainder(weights: np.ndarray, total: int) -> np.ndarray:
         ahead = remainder[j] > remainder
         ahead[j + 1:] |= remainder[j] == remainder[j + 1:]
         rank += ahead
-    counts = counts + (rank < leftover)
+    counts += rank < leftover
     return np.moveaxis(counts, 0, -1).astype(np.int64)
 
 
@@ -191,47 +205,63 @@ def decode(config: SystemConfig, state: SystemState, action: np.ndarray) -> tupl
     k, m, layers = config.devices_per_user, config.num_servers, config.num_layers
     dims = field_dims(config)
     a = np.asarray(action, dtype=np.float64).reshape(b, n, -1)
-    parts, start = {}, 0
+    levels = _level(a)  # (a + 1)/2 of every entry in one pass; the server scores use a itself
+    parts, level, start = {}, {}, 0
     for name, width in dims.items():
         parts[name] = a[..., start:start + width]
+        level[name] = levels[..., start:start + width]
         start += width
     repairs = {name: np.zeros(b, dtype=np.int64) for name in ("split_min_local", "memory", "capacity")}
     radio = config.radio
     d = Decision()
 
     if "server" in parts:
-        d.server = _assign_with_capacity(config, parts["server"], repairs)
+        d.server = _assign_with_capacity(config, parts["server"], repairs, finite=True)
     if "split" in parts:
-        counts = largest_remainder(_level(parts["split"]), layers)  # nodes 1..K, then the server
+        counts = largest_remainder(level["split"], layers)  # nodes 1..K, then the server
         d.split = np.concatenate([counts[..., -1:], counts[..., :-1]], axis=-1)
         d.split = _repair_split(config, state, d.split, repairs)
     if "power" in parts:
-        level = _level(parts["power"])
-        d.power = radio.power_min_w + level[..., 0] * (state.power_max_w - radio.power_min_w)
+        power = level["power"]
+        d.power = radio.power_min_w + power[..., 0] * (state.power_max_w - radio.power_min_w)
         if k > 1:
-            d.d2d_power = radio.power_min_w + level[..., 1:] * (radio.d2d_power_max_w - radio.power_min_w)
+            d.d2d_power = radio.power_min_w + power[..., 1:] * (radio.d2d_power_max_w - radio.power_min_w)
     if "frequency" in parts:
         u_min = config.device.frequency_min
-        d.frequency = u_min + _level(parts["frequency"]) * (1.0 - u_min)
+        d.frequency = u_min + level["frequency"] * (1.0 - u_min)
     if "microbatches" in parts:
         q_max = config.workload.max_microbatches
-        d.microbatches = np.minimum(1 + np.floor(_level(parts["microbatches"][..., 0]) * q_max), q_max).astype(np.int64)
+        d.microbatches = np.minimum(1 + np.floor(level["microbatches"][..., 0] * q_max), q_max).astype(np.int64)
     if d.server is None:
         d.server = nearest_server(config, state)
     if d.split is None:
         d.split = complete(config, state, Decision(server=d.server, compute=np.zeros((b, n)))).split
     floor = radio.share_floor
     if "bandwidth" in parts:
-        weights = floor + (1.0 - floor) * _level(parts["bandwidth"][..., 0])
+        weights = floor + (1.0 - floor) * level["bandwidth"][..., 0]
         d.bandwidth = _shares_from_weights(weights, d.server, m, np.ones((b, n), dtype=bool))
     if "compute" in parts:
-        weights = floor + (1.0 - floor) * _level(parts["compute"][..., 0])
+        weights = floor + (1.0 - floor) * level["compute"][..., 0]
         d.compute = _shares_from_weights(weights, d.server, m, d.split[..., 0] > 0)
     return complete(config, state, d), repairs
 
 
-def _assign_with_capacity(config: SystemConfig, scores: np.ndarray, repairs: dict[str, np.ndarray]) -> np.ndarray:
-    choice = np.argmax(scores, axis=-1)
+def first_argmax(scores: np.ndarray) -> np.ndarray:
+    """``np.argmax(scores, axis=-1)`` for finite scores (first index on ties), one comparison per
+    entry of the short last axis instead of numpy's per-row reduction."""
+    best = scores[..., 0]
+    choice = np.zeros(best.shape, dtype=np.int64)
+    for j in range(1, scores.shape[-1]):
+        better = scores[..., j] > best
+        choice[better] = j
+        best = np.maximum(best, scores[..., j])
+    return choice
+
+
+def _assign_with_capacity(config: SystemConfig, scores: np.ndarray, repairs: dict[str, np.ndarray],
+                          finite: bool = False) -> np.ndarray:
+    """Association from scores [B,N,M] with the capacity repair; ``finite`` promises finite scores."""
+    choice = first_argmax(scores) if finite and scores.size >= LARGE else np.argmax(scores, axis=-1)
     capacity = config.server.capacity
     if not capacity:
         return choice
@@ -269,16 +299,22 @@ def _repair_split(config: SystemConfig, state: SystemState, split: np.ndarray,
     server and placed on the nodes in order, within their memory."""
     device = split[..., 1:].copy()
     carry = np.zeros(device.shape[:-1], dtype=np.int64)
-    for node in range(device.shape[-1]):
+    changed = np.zeros(device.shape[:-1], dtype=bool)
+    local = np.zeros(device.shape[:-1], dtype=np.int64)
+    for node in range(device.shape[-1]):  # K columns: elementwise, no reductions over the short axis
         total = device[..., node] + carry
         keep = np.minimum(total, state.max_layers[..., node])
         carry = total - keep
+        changed |= keep != device[..., node]
         device[..., node] = keep
-    repairs["memory"] += (device != split[..., 1:]).any(axis=-1).sum(axis=-1)
+        local += keep
+    repairs["memory"] += changed.sum(axis=-1)
     server = split[..., 0] + carry
-    deficit = np.minimum(np.maximum(config.split_min_local - device.sum(axis=-1), 0), server)
-    repairs["split_min_local"] += (deficit > 0).sum(axis=-1)
-    device = device + place_local_layers(deficit, state.max_layers - device)
+    deficit = np.minimum(np.maximum(config.split_min_local - local, 0), server)
+    short = deficit > 0
+    if short.any():
+        repairs["split_min_local"] += short.sum(axis=-1)
+        device = device + place_local_layers(deficit, state.max_layers - device)
     return np.concatenate([(server - deficit)[..., None], device], axis=-1)
 
 

@@ -21,6 +21,7 @@ from scipy import special, stats
 from mec_gym import catalog
 from mec_gym.config import SystemConfig
 from mec_gym.model import channel, llm
+from mec_gym.model.numeric import LARGE
 
 
 @dataclass
@@ -94,11 +95,17 @@ class SystemState:
             getattr(self, f.name)[mask] = getattr(other, f.name)
 
 
+def flat_server_index(server: np.ndarray, num_servers: int) -> np.ndarray:
+    """Flat index b·M + m(b, n) of each user's server in a [B,M] array, [B·N]."""
+    flat = np.arange(0, server.shape[0] * num_servers, num_servers)[:, None] + server
+    return flat.ravel()
+
+
 def server_totals(values: np.ndarray, server: np.ndarray, num_servers: int) -> np.ndarray:
     """Σ of per-user ``values`` [B,N] over the users of each server, [B,M] (one bincount pass)."""
     batch = server.shape[0]
-    flat = (np.arange(batch)[:, None] * num_servers + server).ravel()
-    totals = np.bincount(flat, weights=np.asarray(values, dtype=np.float64).ravel(), minlength=batch * num_servers)
+    totals = np.bincount(flat_server_index(server, num_servers), weights=np.asarray(values, dtype=np.float64).ravel(),
+                         minlength=batch * num_servers)
     return totals.reshape(batch, num_servers)
 
 
@@ -280,9 +287,20 @@ def update_gains(config: SystemConfig, state: SystemState) -> None:
     """Recompute the derived linear gains from positions, shadowing and fading (in place)."""
     radio = config.radio
     sites = _server_sites(config.num_servers, config.geometry.area_m)
-    dx = state.user_pos_m[:, :, 0, None] - sites[:, 0]
-    dy = state.user_pos_m[:, :, 1, None] - sites[:, 1]
-    distance = np.sqrt(dx * dx + dy * dy)
+    if state.shadowing_db.size >= LARGE:  # one long loop per server, not [B,N,1] - [M] broadcasting
+        x, y = state.user_pos_m[..., 0], state.user_pos_m[..., 1]
+        distance = np.empty(state.shadowing_db.shape)
+        for m, (site_x, site_y) in enumerate(sites):
+            dx = x - site_x
+            dx *= dx
+            dy = y - site_y
+            dy *= dy
+            dx += dy
+            np.sqrt(dx, out=distance[..., m])
+    else:
+        dx = state.user_pos_m[:, :, 0, None] - sites[:, 0]
+        dy = state.user_pos_m[:, :, 1, None] - sites[:, 1]
+        distance = np.sqrt(dx * dx + dy * dy)
     pl = channel.pathloss_db(distance, radio.pathloss_db_at_1km, radio.pathloss_exponent_db, radio.min_distance_m)
     state.gain = channel.channel_gain(pl, state.shadowing_db,
                                       channel.rayleigh_power(state.fading[..., 0], state.fading[..., 1]))
@@ -306,6 +324,38 @@ def innovation_sizes(config: SystemConfig) -> tuple[int, int]:
 def _poisson_cdf(rate: float) -> np.ndarray:
     top = int(rate + 12.0 * np.sqrt(rate) + 12.0)
     return stats.poisson.cdf(np.arange(top + 1), rate)
+
+
+_QUANTILE_CELLS = 4096
+
+
+@cache
+def _poisson_cells(rate: float) -> tuple[np.ndarray, np.ndarray]:
+    """For each of ``_QUANTILE_CELLS`` equal cells of [0, 1): the quantile at its left edge, and
+    whether a CDF value falls inside the cell (then the quantile varies within it)."""
+    cdf = _poisson_cdf(rate)
+    edges = np.arange(_QUANTILE_CELLS + 1) / _QUANTILE_CELLS
+    counts = np.searchsorted(cdf, edges, side="right")
+    return counts[:-1], counts[1:] != counts[:-1]
+
+
+def poisson_quantile(rate: float, uniforms: np.ndarray) -> np.ndarray:
+    """Poisson(``rate``) draws by inverse CDF: the number of CDF values ≤ u (int64, shape of ``uniforms``).
+
+    Same result as ``searchsorted(cdf, u, side="right")``; a lookup by cell of [0, 1) answers most
+    draws, the binary search only those in cells that hold a CDF value.
+    """
+    if np.size(uniforms) < 256:  # small batches: one binary search is cheaper than the lookup's extra calls
+        return np.searchsorted(_poisson_cdf(rate), uniforms, side="right")
+    start, ambiguous = _poisson_cells(rate)
+    cell = (uniforms * _QUANTILE_CELLS).astype(np.intp)
+    counts = start[cell]
+    unsure = np.flatnonzero(ambiguous[cell])
+    if unsure.size:
+        flat = counts.reshape(-1)
+        flat[unsure] = np.searchsorted(_poisson_cdf(rate), uniforms[np.unravel_index(unsure, uniforms.shape)],
+                                       side="right")
+    return counts
 
 
 class RoundRandomness:
@@ -333,6 +383,17 @@ class RoundRandomness:
         self.generators[index] = generator
         self.refill(np.asarray([index]))
 
+    def current(self, round_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """This round's innovations, ([B, normals] float32, [B, uniforms] float64), from row t % block.
+
+        Views when every environment reads the same row (a batch stepped in lockstep), else copies.
+        """
+        rows = round_index % self.block
+        if rows.size and (rows == rows[0]).all():
+            return self.normals[:, rows[0]], self.uniforms[:, rows[0]]
+        envs = np.arange(len(rows))
+        return self.normals[envs, rows], self.uniforms[envs, rows]
+
     def refill(self, rows: np.ndarray) -> None:
         n_norm, n_unif = self.normals.shape[2], self.uniforms.shape[2]
         for i in rows:
@@ -346,7 +407,8 @@ def transition(config: SystemConfig, state: SystemState, normals: np.ndarray, un
                server_work_flops: np.ndarray) -> None:
     """Advance the state one round in place (SPEC §3.5-3.6).
 
-    ``normals``/``uniforms`` are this round's innovations ([B, n]); ``trained`` the sequences
+    ``normals``/``uniforms`` are this round's innovations ([B, n]; normals float32 or float64, used in
+    float64); ``trained`` the sequences
     whose update was accepted (b, or 0 when dropped); ``energy_user_j`` each user's energy for
     the budget queue; ``server`` the association and ``server_work_flops`` [B,N] each user's
     server-side FLOPs (for the per-server observations).
@@ -356,25 +418,25 @@ def transition(config: SystemConfig, state: SystemState, normals: np.ndarray, un
     batch = state.round.shape[0]
     cur = 0
 
-    def take(*shape: int) -> np.ndarray:
+    def take(scale: float, *shape: int) -> np.ndarray:
+        """The next innovations, promoted to float64, times ``scale`` (a new [B, *shape] array)."""
         nonlocal cur
         size = int(np.prod(shape))
-        out = normals[:, cur:cur + size].reshape(batch, *shape)
+        out = normals[:, cur:cur + size].astype(np.float64)
+        if scale != 1.0:
+            out *= scale
         cur += size
-        return out
+        return out.reshape(batch, *shape)
 
     state.user_pos_m, state.user_vel_mps = channel.gauss_markov_step(
-        state.user_pos_m, state.user_vel_mps, take(n, 2), geo.speed_mps, geo.speed_std_mps,
+        state.user_pos_m, state.user_vel_mps, take(1.0, n, 2), geo.speed_mps, geo.speed_std_mps,
         geo.mobility_memory, geo.round_duration_s, geo.area_m)
-    state.shadowing_db = channel.ar1(state.shadowing_db, radio.shadowing_db * take(n, m),
-                                     radio.shadowing_correlation)
-    fading_w = take(n, m, 2)
+    state.shadowing_db = channel.ar1(state.shadowing_db, take(radio.shadowing_db, n, m), radio.shadowing_correlation)
     p = k * (k - 1) // 2
-    d2d_w = take(n, p, 2)
     if radio.fading:
-        state.fading = channel.ar1(state.fading, np.sqrt(0.5) * fading_w, radio.fading_correlation)
+        state.fading = channel.ar1(state.fading, take(np.sqrt(0.5), n, m, 2), radio.fading_correlation)
         if p:
-            state.d2d_fading = channel.ar1(state.d2d_fading, np.sqrt(0.5) * d2d_w, radio.fading_correlation)
+            state.d2d_fading = channel.ar1(state.d2d_fading, take(np.sqrt(0.5), n, p, 2), radio.fading_correlation)
     update_gains(config, state)
 
     u_load = uniforms[:, :m]
@@ -384,7 +446,7 @@ def transition(config: SystemConfig, state: SystemState, normals: np.ndarray, un
     state.load = np.asarray(config.server.load_levels)[state.load_index]
 
     if wl.arrival_rate > 0:
-        arrivals = np.searchsorted(_poisson_cdf(wl.arrival_rate), uniforms[:, m:m + n], side="right")
+        arrivals = poisson_quantile(wl.arrival_rate, uniforms[:, m:m + n])
         state.data_queue = state.data_queue - trained + arrivals
     if wl.energy_budget_j > 0:
         state.energy_queue = np.maximum(state.energy_queue + energy_user_j - wl.energy_budget_j, 0.0)

@@ -9,11 +9,20 @@ def stage_times(total_s: np.ndarray, microbatches: np.ndarray, overhead_s: float
     """Per-micro-batch time of each stage: its round total / Q plus a fixed per-message overhead t₀.
 
     ``total_s`` has the stages on its *first* axis (stage-major: reductions over a few stages
-    stay elementwise and fast); ``microbatches`` broadcasts against the remaining axes.
+    stay elementwise and fast), or is a list of per-stage arrays (then so is the result; their totals must
+    be >= 0 or inf, never NaN); ``microbatches`` broadcasts against the remaining axes.
     Stages with no work (skipped nodes, absent links) take no time and no overhead.
     """
     q = np.asarray(microbatches, dtype=np.float64)
-    return np.where(total_s > 0, total_s / q + overhead_s, 0.0)
+    if not isinstance(total_s, (list, tuple)):
+        return np.where(total_s > 0, total_s / q + overhead_s, 0.0)
+    times = []
+    for stage in total_s:
+        per_microbatch = stage / q
+        per_microbatch += overhead_s
+        per_microbatch *= stage > 0  # = np.where(stage > 0, ·, 0) for the non-negative, non-NaN totals
+        times.append(per_microbatch)
+    return times
 
 
 def makespan(stage_s: np.ndarray, microbatches: np.ndarray) -> np.ndarray:
@@ -21,7 +30,15 @@ def makespan(stage_s: np.ndarray, microbatches: np.ndarray) -> np.ndarray:
 
     Exact when each stage handles micro-batches in order, one at a time, and passes each on
     as soon as it is done (checked against an event-driven simulation in the tests).
-    ``stage_s`` holds the per-micro-batch stage times on its first axis (stage-major).
+    ``stage_s`` holds the per-micro-batch stage times on its first axis (stage-major), or is a list of
+    per-stage arrays (summed in list order, without building the stacked array).
     """
     q = np.asarray(microbatches, dtype=np.float64)
-    return stage_s.sum(axis=0) + (q - 1.0) * stage_s.max(axis=0)
+    if not isinstance(stage_s, (list, tuple)):
+        return stage_s.sum(axis=0) + (q - 1.0) * stage_s.max(axis=0)
+    total = np.array(stage_s[0], dtype=np.float64)
+    longest = total.copy()
+    for stage in stage_s[1:]:  # in stage order (numpy's sum over fewer than 8 stages adds in this order too)
+        total += stage
+        np.maximum(longest, stage, out=longest)
+    return total + (q - 1.0) * longest
