@@ -160,7 +160,7 @@ def evaluate(config: SystemConfig, state: SystemState, decision: Decision) -> Ro
     server = decision.server
     users = server.shape  # [B,N]
     flat_server = flat_server_index(server, config.num_servers)
-    flat_pair = np.arange(0, server.size * config.num_servers, config.num_servers) + server.ravel()
+    flat_pair = flat_server_index(server.reshape(-1, 1), config.num_servers)  # (b·N + n)·M + m: one row per user
 
     # on-device compute (per node)
     node_work = device_layers * sequences[..., None]

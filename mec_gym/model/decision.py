@@ -99,13 +99,11 @@ def _unlevel(x: np.ndarray) -> np.ndarray:
     return 2.0 * x - 1.0
 
 
-def _per_server_sum(values: np.ndarray, flat_server: np.ndarray, shape: tuple[int, int],
-                    num_servers: int) -> np.ndarray:
+def _per_server_sum(values: np.ndarray, server: np.ndarray, flat_server: np.ndarray, num_servers: int) -> np.ndarray:
     """Σ of ``values`` [B,N] over each user's server, returned per user [B,N]; ``flat_server`` is
-    :func:`~mec_gym.model.dynamics.flat_server_index` of the association."""
-    totals = np.bincount(flat_server, weights=np.asarray(values, dtype=np.float64).ravel(),
-                         minlength=shape[0] * num_servers)
-    return totals.take(flat_server).reshape(shape)
+    :func:`~mec_gym.model.dynamics.flat_server_index` of the association ``server``."""
+    totals = server_totals(values, server, num_servers, flat_server)
+    return totals.ravel().take(flat_server).reshape(server.shape)
 
 
 def _shares_from_weights(weights: np.ndarray, server: np.ndarray, num_servers: int,
@@ -113,13 +111,13 @@ def _shares_from_weights(weights: np.ndarray, server: np.ndarray, num_servers: i
     """Normalize per server; a server whose eligible weights sum to 0 splits equally among them."""
     flat = flat_server_index(server, num_servers)
     w = weights if eligible.all() else np.where(eligible, weights, 0.0)
-    total = _per_server_sum(w, flat, server.shape, num_servers)
+    total = _per_server_sum(w, server, flat, num_servers)
     positive = total > 0
     if positive.all():  # every user's server has weight: no equal splits needed
         return np.divide(w, total)
     if not (eligible & ~positive).any():  # weightless servers have no eligible users: their shares are 0
         return divide_where(w, total, positive)
-    count = _per_server_sum(eligible, flat, server.shape, num_servers)
+    count = _per_server_sum(eligible, server, flat, num_servers)
     equal = np.where(eligible, 1.0 / np.maximum(count, 1.0), 0.0)
     return np.divide(w, total, out=equal, where=total > 0)
 

@@ -101,10 +101,14 @@ def flat_server_index(server: np.ndarray, num_servers: int) -> np.ndarray:
     return flat.ravel()
 
 
-def server_totals(values: np.ndarray, server: np.ndarray, num_servers: int) -> np.ndarray:
-    """Σ of per-user ``values`` [B,N] over the users of each server, [B,M] (one bincount pass)."""
+def server_totals(values: np.ndarray, server: np.ndarray, num_servers: int,
+                  flat_server: np.ndarray | None = None) -> np.ndarray:
+    """Σ of per-user ``values`` [B,N] over the users of each server, [B,M] (one bincount pass);
+    ``flat_server``, when the caller has it, is :func:`flat_server_index` of ``server``."""
     batch = server.shape[0]
-    totals = np.bincount(flat_server_index(server, num_servers), weights=np.asarray(values, dtype=np.float64).ravel(),
+    if flat_server is None:
+        flat_server = flat_server_index(server, num_servers)
+    totals = np.bincount(flat_server, weights=np.asarray(values, dtype=np.float64).ravel(),
                          minlength=batch * num_servers)
     return totals.reshape(batch, num_servers)
 
