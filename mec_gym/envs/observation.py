@@ -31,7 +31,7 @@ from mec_gym import catalog
 from mec_gym.config import SystemConfig
 from mec_gym.model import llm
 from mec_gym.model.dynamics import SystemState
-from mec_gym.model.numeric import LARGE
+from mec_gym.model.numeric import LARGE, jitable
 
 
 class ObservationBuilder:
@@ -122,13 +122,13 @@ class ObservationBuilder:
                 np.minimum(value, high, out=value)
             obs[:, sl] = value.reshape(b, -1)
 
-        put("channel_gain_db", _gain_feature(state.gain))
-        put("data_queue", state.data_queue / (state.data_queue + wl.batch_max))
-        put("energy_queue", state.energy_queue / (state.energy_queue + self.budget) if self.budget > 0
+        put("channel_gain_db", gain_feature(state.gain))
+        put("data_queue", saturating(state.data_queue, wl.batch_max))
+        put("energy_queue", saturating(state.energy_queue, self.budget) if self.budget > 0
             else np.zeros_like(state.energy_queue))
         put("server_load", state.load, owned=False)
         put("users_per_server", state.users_per_server / config.num_users)
-        put("server_work", state.server_work_flops / (state.server_work_flops + self.work_ref))
+        put("server_work", saturating(state.server_work_flops, self.work_ref))
         put("server_capability", state.server_peak_flops / self.server_ref)
         put("device_capability", state.device_rate_flops / self.device_ref)
         put("device_memory", state.max_layers / config.num_layers)
@@ -136,7 +136,7 @@ class ObservationBuilder:
         put("sequence_length", state.seq_len / self.seq_ref)
         if config.devices_per_user > 1:
             i, j = np.triu_indices(config.devices_per_user, 1)
-            put("d2d_gain_db", _gain_feature(state.d2d_gain[:, :, i, j]))
+            put("d2d_gain_db", gain_feature(state.d2d_gain[:, :, i, j]))
         if config.objective == "scr":
             put("service_q0", state.service_q0, owned=False)
             put("service_q1", state.service_q1, owned=False)
@@ -154,10 +154,13 @@ class ObservationBuilder:
         return {name: flat[..., sl].reshape(*lead, *shape) for name, (sl, shape, _, _) in self.layout.items()}
 
 
-def _gain_feature(gain: np.ndarray) -> np.ndarray:
-    """(10·log10 g + 100)/50, unclipped (``flat`` clips every field to its bounds)."""
-    feature = np.maximum(gain, 1e-30)
-    np.log10(feature, out=feature)
-    feature *= 0.2
-    feature += 2.0
-    return feature
+@jitable
+def gain_feature(gain: np.ndarray) -> np.ndarray:
+    """(10·log10 g + 100)/50 of a linear gain g, unclipped (``flat`` clips every field to its bounds)."""
+    return np.log10(np.maximum(gain, 1e-30)) * 0.2 + 2.0
+
+
+@jitable
+def saturating(value: np.ndarray, reference: float) -> np.ndarray:
+    """x/(x + x_ref) ∈ [0, 1) of a non-negative quantity (queues, server work)."""
+    return value / (value + reference)

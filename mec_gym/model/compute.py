@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from mec_gym.model.numeric import divide_where
+from mec_gym.model.numeric import as_float, divide_where, jitable
 
 
+@jitable
 def compute_delay_energy(work_flops: np.ndarray, rate_max_flops: np.ndarray, level: np.ndarray,
                          power_max_w: np.ndarray, share: np.ndarray | float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Delay and energy of ``work_flops`` on a processor at DVFS ``level`` u ∈ (0, 1], of which this
@@ -21,22 +22,13 @@ def compute_delay_energy(work_flops: np.ndarray, rate_max_flops: np.ndarray, lev
     with u = φ·(1−ℓ), eq. (5)-(6) for a server share f_{n,m} = φ·f_m^max. A time-shared
     server at full clock is u = 1, s = φ·(1−ℓ). Zero work costs nothing.
     """
-    work = np.asarray(work_flops, dtype=np.float64)
-    speed = _times(_times(share, level), rate_max_flops)
-    delay = divide_where(work, speed, work > 0)
-    energy = _times(power_max_w, level**2) * work / rate_max_flops
+    work = as_float(work_flops)
+    delay = divide_where(work, share * level * rate_max_flops, work > 0)
+    energy = power_max_w * level**2 * work / rate_max_flops
     return delay, energy
 
 
-def _times(a: np.ndarray | float, b: np.ndarray | float) -> np.ndarray | float:
-    """a·b, skipping the exact multiplication by a Python scalar 1 (a full pass over a batch array)."""
-    if isinstance(a, (int, float)) and a == 1.0:
-        return b
-    if isinstance(b, (int, float)) and b == 1.0:
-        return a
-    return a * b
-
-
+@jitable
 def gpu_utilization(work_per_kernel_flops: np.ndarray, peak_flops: np.ndarray, utilization: float,
                     saturation_seconds: float, exponent: float) -> np.ndarray:
     """Fraction of peak a GPU reaches on a layer whose forward+backward per micro-batch is ``w`` FLOPs.
@@ -49,6 +41,6 @@ def gpu_utilization(work_per_kernel_flops: np.ndarray, peak_flops: np.ndarray, u
     ``saturation_seconds = 0`` gives the constant utilization ``u_peak``.
     """
     if saturation_seconds <= 0:
-        return np.full(np.shape(work_per_kernel_flops), utilization)
-    ratio = np.minimum(1.0, np.asarray(work_per_kernel_flops) / (saturation_seconds * peak_flops))
+        return utilization + 0.0 * work_per_kernel_flops  # the constant, in the shape of the work
+    ratio = np.minimum(1.0, work_per_kernel_flops / (saturation_seconds * peak_flops))
     return utilization * np.maximum(ratio, 1e-6) ** exponent

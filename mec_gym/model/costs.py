@@ -15,7 +15,7 @@ from mec_gym.config import SystemConfig
 from mec_gym.model import channel, compute, llm, pipeline
 from mec_gym.model.decision import Decision
 from mec_gym.model.dynamics import SystemState, flat_server_index
-from mec_gym.model.numeric import divide_where
+from mec_gym.model.numeric import as_float, divide_where, jitable, select
 
 
 @dataclass
@@ -53,13 +53,18 @@ def stability_bound(config: SystemConfig, local_layers: np.ndarray, samples: np.
     At α = Υ (local-only) the factor (1 − α/Υ) is replaced by 1/(2Υ) so the term stays
     finite (our choice, SPEC §3.3). Users that train nothing this round (k = 0) contribute 0.
     """
-    layers = config.num_layers
-    fraction = np.where(local_layers >= layers, 1.0 / (2.0 * layers), 1.0 - local_layers / layers)
-    k = np.asarray(samples, dtype=np.float64)
-    denominator = k * fraction
-    return divide_where(2.0 * config.workload.lipschitz**2, denominator, np.broadcast_to(k > 0, denominator.shape))
+    return stability_value(local_layers, samples, config.num_layers, config.workload.lipschitz)
 
 
+@jitable
+def stability_value(local_layers: np.ndarray, samples: np.ndarray, layers: int, lipschitz: float) -> np.ndarray:
+    """:func:`stability_bound` from its numbers: 2L²/(k·(1 − α/Υ)), 1/(2Υ) for (1 − α/Υ) at α = Υ, 0 at k = 0."""
+    fraction = select(local_layers >= layers, 1.0 / (2.0 * layers), 1.0 - local_layers / layers)
+    k = as_float(samples)
+    return divide_where(2.0 * lipschitz**2, k * fraction, k > 0)
+
+
+@jitable
 def service_quality(q0: np.ndarray, q1: np.ndarray, server_share: np.ndarray) -> np.ndarray:
     """[QZ24] service quality U_n = q0_{n,m(n)} + q1_{n,m(n)}·ρ_n, ρ_n = δ_{n,0}/Υ (our form, SPEC §3.3)."""
     return q0 + q1 * server_share
@@ -134,6 +139,53 @@ def _chain_hops(config: SystemConfig, state: SystemState, decision: Decision, se
     return fwd_t, bwd_t, energy, last_holder
 
 
+@jitable
+def server_rate_flops(sequences: np.ndarray, microbatches: np.ndarray, forward_flops: np.ndarray,
+                      backward_flops: np.ndarray, peak_flops: np.ndarray, utilization: float,
+                      saturation_seconds: float, exponent: float) -> np.ndarray:
+    """FLOP/s the server reaches on a user's layers: peak × :func:`compute.gpu_utilization` of the
+    forward+backward work of one layer for one micro-batch, b/Q·(c^F + c^B) FLOPs."""
+    kernel = sequences / microbatches * (forward_flops + backward_flops)
+    return compute.gpu_utilization(kernel, peak_flops, utilization, saturation_seconds, exponent) * peak_flops
+
+
+@jitable
+def uplink_bits(sequences: np.ndarray, local_layers: np.ndarray, activation_bits: np.ndarray,
+                token_bits: np.ndarray, server_in_chain: np.ndarray) -> np.ndarray:
+    """Bits a user sends up per iteration: b cut activations (raw tokens when α = 0) when the server
+    is in its chain and it trains this round, else 0 (SPEC §3.3)."""
+    return select(server_in_chain & (sequences > 0),
+                  sequences * select(local_layers > 0, activation_bits, token_bits), 0.0)
+
+
+@jitable
+def downlink_bits(sequences: np.ndarray, local_layers: np.ndarray, activation_bits: np.ndarray,
+                  server_in_chain: np.ndarray) -> np.ndarray:
+    """Bits of cut-layer gradients the server returns per iteration (only to users with local layers)."""
+    return select(server_in_chain & (sequences > 0) & (local_layers > 0), sequences * activation_bits, 0.0)
+
+
+@jitable
+def aggregation_bits(sequences: np.ndarray, local_layers: np.ndarray, bits_per_layer: float) -> np.ndarray:
+    """End-of-round upload of the user side's trained parameters: α·(bits per layer), 0 when idle."""
+    return select(sequences > 0, local_layers * bits_per_layer, 0.0)
+
+
+@jitable
+def stability_samples(sequences: np.ndarray, fixed_samples: int, iterations: int) -> np.ndarray:
+    """k_n of the stability bound: the scenario's fixed sample count for a training user ([LZ24]: k_n = B),
+    or the sequences it trains this round, I·b_n, when ``fixed_samples`` is 0."""
+    if fixed_samples:
+        return select(sequences > 0, float(fixed_samples), 0.0)
+    return iterations * sequences
+
+
+@jitable
+def dropped_update(latency_s: np.ndarray, deadline_s: float, sequences: np.ndarray) -> np.ndarray:
+    """Whether a training user's update misses the round deadline (never with ``deadline_s`` = 0)."""
+    return (latency_s > deadline_s) & (sequences > 0) & (deadline_s > 0)
+
+
 def evaluate(config: SystemConfig, state: SystemState, decision: Decision) -> RoundMetrics:
     """Cost of one round for a batch of states and complete decisions (SPEC §3.3).
 
@@ -172,10 +224,9 @@ def evaluate(config: SystemConfig, state: SystemState, decision: Decision) -> Ro
 
     # server compute: share φ of the capacity left by background load, size-dependent utilization
     peak = _take(state.server_peak_flops, flat_server, users)
-    kernel = sequences / micro * (forward_flops + backward_flops)
     srv = config.server
-    rate = compute.gpu_utilization(kernel, peak, srv.utilization, srv.saturation_seconds,
-                                   srv.utilization_exponent) * peak
+    rate = server_rate_flops(sequences, micro, forward_flops, backward_flops, peak, srv.utilization,
+                             srv.saturation_seconds, srv.utilization_exponent)
     available = decision.compute * (1.0 - _take(state.load, flat_server, users))
     level, share = (available, 1.0) if srv.energy_model == "frequency" else (1.0, available)
     server_power = _take(state.server_power_w, flat_server, users)
@@ -191,16 +242,15 @@ def evaluate(config: SystemConfig, state: SystemState, decision: Decision) -> Ro
     bandwidth = srv.bandwidth_hz * decision.bandwidth
     uplink_rate = channel.shannon_rate(bandwidth, gain, decision.power, noise)
     server_in_chain = (server_layers > 0) | config.head_on_server
-    active = sequences > 0
-    up_bits = np.where(server_in_chain & active, sequences * np.where(local > 0, act_bits, token_bits), 0.0)
+    up_bits = uplink_bits(sequences, local, act_bits, token_bits, server_in_chain)
     up_t, up_e = channel.transmission(up_bits, uplink_rate, decision.power)
     if radio.downlink:
         downlink_rate = channel.shannon_rate(bandwidth, gain, srv.downlink_power_w, noise)
-        down_bits = np.where(server_in_chain & active & (local > 0), sequences * act_bits, 0.0)
+        down_bits = downlink_bits(sequences, local, act_bits, server_in_chain)
         down_t, down_e = channel.transmission(down_bits, downlink_rate, srv.downlink_power_w)
     else:
         down_t = down_e = np.zeros_like(up_t)
-    agg_bits = np.where(active, local * llm.adapter_upload_bits_per_layer(spec, wl), 0.0)
+    agg_bits = aggregation_bits(sequences, local, llm.adapter_upload_bits_per_layer(spec, wl))
     agg_t, agg_e = channel.transmission(agg_bits, uplink_rate, decision.power)
 
     hop_fwd_t, hop_bwd_t, hop_e, uplink_sender = _chain_hops(config, state, decision, sequences, act_bits,
@@ -232,12 +282,12 @@ def evaluate(config: SystemConfig, state: SystemState, decision: Decision) -> Ro
     energy_device = node_energy[..., 0].copy() if k == 1 else node_energy.sum(axis=-1)
     energy_server = iterations * (srv_fwd_e + srv_bwd_e + down_e)
     energy_user = energy_device + config.server_energy_weight * energy_server
-    samples = np.where(active, float(wl.stability_samples), 0.0) if wl.stability_samples else iterations * sequences
+    samples = stability_samples(sequences, wl.stability_samples, iterations)
     stability = stability_bound(config, local, samples)
     service = service_quality(_pair(state.service_q0, flat_pair, users), _pair(state.service_q1, flat_pair, users),
                               server_layers / layers)
     memory = device_layers * llm.layer_memory_bytes(spec, wl, sequences, state.seq_len)[..., None]
-    dropped = (latency > wl.deadline_s) & active if wl.deadline_s > 0 else np.zeros_like(active)
+    dropped = dropped_update(latency, wl.deadline_s, sequences)
     return RoundMetrics(
         latency_s=latency, forward_s=forward_s, backward_s=backward_s, aggregation_s=agg_t,
         energy_device_j=energy_device, energy_server_j=energy_server, energy_j_user=energy_user,
@@ -274,24 +324,50 @@ def reward_terms(config: SystemConfig, metrics: RoundMetrics, scales: Scales) ->
         "delay_norm": metrics.delay_s / scales.delay_s,
         "stability_norm": metrics.stability_mean / scales.stability,
     }
-    denominator = (w.delay * metrics.latency_s / scales.latency_s
-                   + w.energy * metrics.energy_j_user / scales.energy_j_user).sum(axis=-1)
-    terms["scr"] = np.divide(metrics.service.sum(axis=-1), denominator, out=np.zeros(denominator.shape),
-                             where=denominator > 0)
+    denominator = scr_denominator(metrics.latency_s, metrics.energy_j_user, w.delay, w.energy, scales.latency_s,
+                                  scales.energy_j_user).sum(axis=-1)
+    terms["scr"] = divide_where(metrics.service.sum(axis=-1), denominator, denominator > 0)
     if wl.energy_budget_j > 0:
-        violation = np.maximum(metrics.energy_device_j - wl.energy_budget_j, 0.0) / wl.energy_budget_j
-        terms["budget_violation"] = violation.mean(axis=-1)
+        terms["budget_violation"] = budget_violation(metrics.energy_device_j, wl.energy_budget_j).mean(axis=-1)
     else:
         terms["budget_violation"] = np.zeros_like(metrics.energy_j)
     terms["drop_rate"] = metrics.dropped.mean(axis=-1)
-    penalty = w.budget * terms["budget_violation"] + w.drop * terms["drop_rate"]
+    penalty = penalties(terms["budget_violation"], terms["drop_rate"], w.budget, w.drop)
     if config.objective == "scr":
         terms["reward"] = terms["scr"] - penalty
     else:
-        cost = w.energy * terms["energy_norm"] + w.delay * terms["delay_norm"] + w.stability * terms["stability_norm"]
+        cost = weighted_cost(terms["energy_norm"], terms["delay_norm"], terms["stability_norm"], w.energy, w.delay,
+                             w.stability)
         terms["cost"] = cost
         terms["reward"] = -cost - penalty
     return terms
+
+
+@jitable
+def scr_denominator(latency_s: np.ndarray, energy_j: np.ndarray, weight_delay: float, weight_energy: float,
+                    latency_ref_s: float, energy_ref_j: float) -> np.ndarray:
+    """A user's term of the SCR denominator ([QZ24]): w_d·T_n/T_ref + w_e·E_n/E_ref (dimensionless)."""
+    return weight_delay * latency_s / latency_ref_s + weight_energy * energy_j / energy_ref_j
+
+
+@jitable
+def budget_violation(energy_device_j: np.ndarray, budget_j: float) -> np.ndarray:
+    """A user's relative overshoot of the per-round device energy budget Ē: max(E − Ē, 0)/Ē ([CP25])."""
+    return np.maximum(energy_device_j - budget_j, 0.0) / budget_j
+
+
+@jitable
+def penalties(budget_violation: np.ndarray, drop_rate: np.ndarray, weight_budget: float,
+              weight_drop: float) -> np.ndarray:
+    """Reward penalties (SPEC §3.4): w_budget·(mean budget violation) + w_drop·(fraction of users dropped)."""
+    return weight_budget * budget_violation + weight_drop * drop_rate
+
+
+@jitable
+def weighted_cost(energy_norm: np.ndarray, delay_norm: np.ndarray, stability_norm: np.ndarray,
+                  weight_energy: float, weight_delay: float, weight_stability: float) -> np.ndarray:
+    """The weighted objective (SPEC §3.4): w_e·E/E_ref + w_d·D/D_ref + w_s·S/S_ref (dimensionless)."""
+    return weight_energy * energy_norm + weight_delay * delay_norm + weight_stability * stability_norm
 
 
 def user_reward_terms(config: SystemConfig, metrics: RoundMetrics, scales: Scales) -> dict[str, np.ndarray]:
@@ -310,11 +386,11 @@ def user_reward_terms(config: SystemConfig, metrics: RoundMetrics, scales: Scale
     denominator = w.delay * latency + w.energy * energy
     terms["scr"] = np.divide(metrics.service, denominator, out=np.zeros(denominator.shape), where=denominator > 0)
     if wl.energy_budget_j > 0:
-        terms["budget_violation"] = np.maximum(metrics.energy_device_j - wl.energy_budget_j, 0.0) / wl.energy_budget_j
+        terms["budget_violation"] = budget_violation(metrics.energy_device_j, wl.energy_budget_j)
     else:
         terms["budget_violation"] = np.zeros_like(metrics.energy_j_user)
     terms["dropped"] = metrics.dropped.astype(np.float64)
-    penalty = w.budget * terms["budget_violation"] + w.drop * terms["dropped"]
+    penalty = penalties(terms["budget_violation"], terms["dropped"], w.budget, w.drop)
     if config.objective == "scr":
         terms["reward"] = terms["scr"] - penalty
     else:

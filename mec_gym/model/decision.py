@@ -34,7 +34,7 @@ import numpy as np
 
 from mec_gym.config import CONTROL_FIELDS, SystemConfig
 from mec_gym.model.dynamics import SystemState, flat_server_index, server_totals
-from mec_gym.model.numeric import LARGE, divide_where
+from mec_gym.model.numeric import LARGE, divide_where, jitable
 
 
 @dataclass
@@ -92,7 +92,25 @@ def action_dim_per_user(config: SystemConfig) -> int:
 
 
 def _level(a: np.ndarray) -> np.ndarray:
-    return (np.asarray(a, dtype=np.float64) + 1.0) / 2.0
+    return to_level(np.asarray(a, dtype=np.float64))
+
+
+@jitable
+def to_level(action: np.ndarray) -> np.ndarray:
+    """x = (a + 1)/2 ∈ [0, 1] of an action entry a ∈ [-1, 1]."""
+    return (action + 1.0) / 2.0
+
+
+@jitable
+def from_level(level: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """low + x·(high − low): a power (W), DVFS level or share weight from its level x ∈ [0, 1]."""
+    return low + level * (high - low)
+
+
+@jitable
+def microbatches_from_level(level: np.ndarray, max_microbatches: int) -> np.ndarray:
+    """Q = min(1 + floor(x·Q_max), Q_max) micro-batches from its level x ∈ [0, 1] (float)."""
+    return np.minimum(1 + np.floor(level * max_microbatches), max_microbatches)
 
 
 def _unlevel(x: np.ndarray) -> np.ndarray:
@@ -221,25 +239,25 @@ def decode(config: SystemConfig, state: SystemState, action: np.ndarray) -> tupl
         d.split = _repair_split(config, state, d.split, repairs)
     if "power" in parts:
         power = level["power"]
-        d.power = radio.power_min_w + power[..., 0] * (state.power_max_w - radio.power_min_w)
+        d.power = from_level(power[..., 0], radio.power_min_w, state.power_max_w)
         if k > 1:
-            d.d2d_power = radio.power_min_w + power[..., 1:] * (radio.d2d_power_max_w - radio.power_min_w)
+            d.d2d_power = from_level(power[..., 1:], radio.power_min_w, radio.d2d_power_max_w)
     if "frequency" in parts:
         u_min = config.device.frequency_min
-        d.frequency = u_min + level["frequency"] * (1.0 - u_min)
+        d.frequency = from_level(level["frequency"], u_min, 1.0)
     if "microbatches" in parts:
         q_max = config.workload.max_microbatches
-        d.microbatches = np.minimum(1 + np.floor(level["microbatches"][..., 0] * q_max), q_max).astype(np.int64)
+        d.microbatches = microbatches_from_level(level["microbatches"][..., 0], q_max).astype(np.int64)
     if d.server is None:
         d.server = nearest_server(config, state)
     if d.split is None:
         d.split = complete(config, state, Decision(server=d.server, compute=np.zeros((b, n)))).split
     floor = radio.share_floor
     if "bandwidth" in parts:
-        weights = floor + (1.0 - floor) * level["bandwidth"][..., 0]
+        weights = from_level(level["bandwidth"][..., 0], floor, 1.0)
         d.bandwidth = _shares_from_weights(weights, d.server, m, np.ones((b, n), dtype=bool))
     if "compute" in parts:
-        weights = floor + (1.0 - floor) * level["compute"][..., 0]
+        weights = from_level(level["compute"][..., 0], floor, 1.0)
         d.compute = _shares_from_weights(weights, d.server, m, d.split[..., 0] > 0)
     return complete(config, state, d), repairs
 

@@ -21,7 +21,7 @@ from scipy import special, stats
 from mec_gym import catalog
 from mec_gym.config import SystemConfig
 from mec_gym.model import channel, llm
-from mec_gym.model.numeric import LARGE
+from mec_gym.model.numeric import jitable
 
 
 @dataclass
@@ -69,10 +69,7 @@ class SystemState:
     def batch(self, config: SystemConfig) -> np.ndarray:
         """Sequences per training iteration: b = min(X, b_max) (SPEC §3.6); with I local iterations
         per round, b = min(X, I·b_max)/I, so a round never trains more than the queue holds."""
-        iterations = config.workload.local_iterations
-        if iterations == 1:
-            return np.minimum(self.data_queue, float(config.workload.batch_max))
-        return np.minimum(self.data_queue, float(iterations * config.workload.batch_max)) / iterations
+        return sequences_per_iteration(self.data_queue, config.workload.batch_max, config.workload.local_iterations)
 
     def copy(self) -> SystemState:
         return SystemState(**{f.name: getattr(self, f.name).copy() for f in dataclasses.fields(self)})
@@ -93,6 +90,14 @@ class SystemState:
         """Overwrite the entries where ``mask`` is True with ``other`` (same batch size as mask.sum())."""
         for f in dataclasses.fields(self):
             getattr(self, f.name)[mask] = getattr(other, f.name)
+
+
+@jitable
+def sequences_per_iteration(data_queue: np.ndarray, batch_max: int, iterations: int) -> np.ndarray:
+    """b = min(X, I·b_max)/I sequences per training iteration from a queue of X (SPEC §3.6)."""
+    if iterations == 1:
+        return np.minimum(data_queue, float(batch_max))
+    return np.minimum(data_queue, float(iterations * batch_max)) / iterations
 
 
 def flat_server_index(server: np.ndarray, num_servers: int) -> np.ndarray:
@@ -291,20 +296,8 @@ def update_gains(config: SystemConfig, state: SystemState) -> None:
     """Recompute the derived linear gains from positions, shadowing and fading (in place)."""
     radio = config.radio
     sites = _server_sites(config.num_servers, config.geometry.area_m)
-    if state.shadowing_db.size >= LARGE:  # one long loop per server, not [B,N,1] - [M] broadcasting
-        x, y = state.user_pos_m[..., 0], state.user_pos_m[..., 1]
-        distance = np.empty(state.shadowing_db.shape)
-        for m, (site_x, site_y) in enumerate(sites):
-            dx = x - site_x
-            dx *= dx
-            dy = y - site_y
-            dy *= dy
-            dx += dy
-            np.sqrt(dx, out=distance[..., m])
-    else:
-        dx = state.user_pos_m[:, :, 0, None] - sites[:, 0]
-        dy = state.user_pos_m[:, :, 1, None] - sites[:, 1]
-        distance = np.sqrt(dx * dx + dy * dy)
+    distance = channel.distance_m(state.user_pos_m[:, :, 0, None] - sites[:, 0],
+                                  state.user_pos_m[:, :, 1, None] - sites[:, 1])
     pl = channel.pathloss_db(distance, radio.pathloss_db_at_1km, radio.pathloss_exponent_db, radio.min_distance_m)
     state.gain = channel.channel_gain(pl, state.shadowing_db,
                                       channel.rayleigh_power(state.fading[..., 0], state.fading[..., 1]))

@@ -10,6 +10,7 @@ import numpy as np
 
 from mec_gym.catalog import LLMSpec
 from mec_gym.config import WorkloadConfig
+from mec_gym.model.numeric import as_float, jitable
 
 
 def frozen_params_per_layer(spec: LLMSpec) -> int:
@@ -96,10 +97,15 @@ def layer_memory_bytes(spec: LLMSpec, workload: WorkloadConfig, sequences: np.nd
     sequence (Korthikanti et al. 2022: 34 B per element in fp16 with memory-efficient attention).
     GPipe keeps every micro-batch in flight, so ``sequences`` is the round's batch.
     """
-    frozen = 2.0 * frozen_params_per_layer(spec)
-    trainable = 16.0 * trainable_params_per_layer(spec, workload)
-    if workload.peft == "full":
-        frozen = 0.0  # the trainable copy already holds the weights
-    activations = (workload.activation_bytes_per_element * np.asarray(seq_len, dtype=np.float64)
-                   * spec.hidden * np.asarray(sequences, dtype=np.float64))
-    return frozen + trainable + activations
+    frozen = 0.0 if workload.peft == "full" else 2.0 * frozen_params_per_layer(spec)  # full: the trainable copy
+    return training_memory_bytes(frozen, 16.0 * trainable_params_per_layer(spec, workload),
+                                 workload.activation_bytes_per_element, spec.hidden, seq_len, sequences)
+
+
+@jitable
+def training_memory_bytes(frozen_bytes: float, trainable_bytes: float, bytes_per_element: float, hidden: int,
+                          seq_len: np.ndarray, sequences: np.ndarray) -> np.ndarray:
+    """One layer's training memory, bytes: frozen + trainable state + ``bytes_per_element``·ℓ·h·sequences
+    of activations kept for backward (see :func:`layer_memory_bytes`)."""
+    activations = bytes_per_element * as_float(seq_len) * hidden * as_float(sequences)
+    return frozen_bytes + trainable_bytes + activations

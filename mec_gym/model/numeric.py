@@ -1,13 +1,34 @@
-"""Array helpers of the hot path (no formulas here): same values as the plain numpy spelling, faster on
-large batches."""
+"""Array helpers of the hot path (no formulas here), and what lets one formula serve two callers.
+
+The formula functions of :mod:`mec_gym.model` are written once, on plain arithmetic and the helpers
+below, so they run both on numpy arrays (the batched model the experts and tests call) and, compiled
+by numba, on the scalars of one environment inside the fused round kernel
+(:mod:`mec_gym.model.kernel`). ``jitable`` marks such a function: it stays an ordinary Python function
+and becomes callable from compiled code. The helpers ``divide_where``, ``select`` and ``as_float``
+have a numpy implementation (used from Python) and a scalar one (used by numba).
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
+try:  # numba is a dependency; without it the environments fall back to the numpy backend
+    from numba import types as _nb_types
+    from numba.extending import overload as _overload
+    from numba.extending import register_jitable as _register_jitable
+
+    HAVE_NUMBA = True
+except ImportError:  # pragma: no cover - exercised only where numba cannot be installed
+    HAVE_NUMBA = False
+
 _SMALL = 256  # below this many entries numpy's call overhead dominates: keep the one-call spelling
 LARGE = 2048
 """Arrays with at least this many entries take the paths with more numpy calls and fewer passes."""
+
+
+def jitable(function):
+    """Mark a formula function as compilable by numba (returns ``function`` itself)."""
+    return _register_jitable(function) if HAVE_NUMBA else function
 
 
 def divide_where(numerator: np.ndarray, denominator: np.ndarray, where: np.ndarray) -> np.ndarray:
@@ -15,10 +36,10 @@ def divide_where(numerator: np.ndarray, denominator: np.ndarray, where: np.ndarr
 
     Equals ``np.divide(numerator, denominator, out=np.zeros(shape), where=where)``; on large arrays it
     divides everywhere (masked-out quotients may be inf or NaN, without warnings) and zeroes the
-    masked-out entries, which beats numpy's masked loop.
+    masked-out entries, which beats numpy's masked loop. Compiled (scalars): ``n / d if where else 0``.
     """
     if np.size(where) < _SMALL:
-        return np.divide(numerator, denominator, out=np.zeros(np.broadcast(numerator, denominator).shape),
+        return np.divide(numerator, denominator, out=np.zeros(np.broadcast(numerator, denominator, where).shape),
                          where=where)
     if where.all():
         return np.true_divide(numerator, denominator, dtype=np.float64)
@@ -26,3 +47,75 @@ def divide_where(numerator: np.ndarray, denominator: np.ndarray, where: np.ndarr
         quotient = np.true_divide(numerator, denominator, dtype=np.float64)
     np.copyto(quotient, 0.0, where=~where)
     return quotient
+
+
+def select(condition: np.ndarray, if_true: np.ndarray, if_false: np.ndarray) -> np.ndarray:
+    """``np.where(condition, if_true, if_false)``; compiled (scalars): ``if_true if condition else if_false``."""
+    return np.where(condition, if_true, if_false)
+
+
+def as_float(value: np.ndarray | float) -> np.ndarray:
+    """``value`` as float64 (an array from Python, a float when compiled)."""
+    return np.asarray(value, dtype=np.float64)
+
+
+def pairwise_sum(values: np.ndarray, start: int, count: int) -> float:
+    """Σ ``values[start:start + count]`` (1-D float64) in numpy's pairwise order, so a compiled sum over a
+    short axis equals ``ndarray.sum(axis=-1)`` bit for bit: below 8 entries left to right, up to 128 in
+    eight interleaved partial sums, beyond that split in halves (numpy's ``pairwise_sum``)."""
+    if count < 8:
+        total = -0.0  # numpy starts from -0.0, so a sum of -0.0 stays -0.0
+        for i in range(count):
+            total += values[start + i]
+        return total
+    if count <= 128:
+        r0, r1, r2, r3 = values[start], values[start + 1], values[start + 2], values[start + 3]
+        r4, r5, r6, r7 = values[start + 4], values[start + 5], values[start + 6], values[start + 7]
+        i = 8
+        stop = count - count % 8
+        while i < stop:
+            r0 += values[start + i]
+            r1 += values[start + i + 1]
+            r2 += values[start + i + 2]
+            r3 += values[start + i + 3]
+            r4 += values[start + i + 4]
+            r5 += values[start + i + 5]
+            r6 += values[start + i + 6]
+            r7 += values[start + i + 7]
+            i += 8
+        total = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+        while i < count:
+            total += values[start + i]
+            i += 1
+        return total
+    half = count // 2
+    half -= half % 8
+    return pairwise_sum(values, start, half) + pairwise_sum(values, start + half, count - half)
+
+
+if HAVE_NUMBA:
+    pairwise_sum = _register_jitable(pairwise_sum)
+
+    @_overload(divide_where, jit_options={"inline": "always"})
+    def _divide_where_scalar(numerator, denominator, where):
+        if isinstance(where, (_nb_types.Boolean, _nb_types.Number)):
+            def impl(numerator, denominator, where):
+                return numerator / denominator if where else 0.0
+            return impl
+        return None
+
+    @_overload(select, jit_options={"inline": "always"})
+    def _select_scalar(condition, if_true, if_false):
+        if isinstance(condition, (_nb_types.Boolean, _nb_types.Number)):
+            def impl(condition, if_true, if_false):
+                return if_true if condition else if_false
+            return impl
+        return None
+
+    @_overload(as_float, jit_options={"inline": "always"})
+    def _as_float_scalar(value):
+        if isinstance(value, _nb_types.Number):
+            def impl(value):
+                return float(value)
+            return impl
+        return None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from mec_gym.model.numeric import jitable, select
+
 
 def stage_times(total_s: np.ndarray, microbatches: np.ndarray, overhead_s: float) -> np.ndarray:
     """Per-micro-batch time of each stage: its round total / Q plus a fixed per-message overhead t₀.
@@ -15,14 +17,20 @@ def stage_times(total_s: np.ndarray, microbatches: np.ndarray, overhead_s: float
     """
     q = np.asarray(microbatches, dtype=np.float64)
     if not isinstance(total_s, (list, tuple)):
-        return np.where(total_s > 0, total_s / q + overhead_s, 0.0)
-    times = []
-    for stage in total_s:
-        per_microbatch = stage / q
-        per_microbatch += overhead_s
-        per_microbatch *= stage > 0  # = np.where(stage > 0, ·, 0) for the non-negative, non-NaN totals
-        times.append(per_microbatch)
-    return times
+        return stage_time(total_s, q, overhead_s)
+    return [stage_time(stage, q, overhead_s) for stage in total_s]
+
+
+@jitable
+def stage_time(total_s: np.ndarray, microbatches: np.ndarray, overhead_s: float) -> np.ndarray:
+    """Per-micro-batch time of one stage, s: total/Q + t₀ when the stage has work, else 0."""
+    return select(total_s > 0, total_s / microbatches + overhead_s, 0.0)
+
+
+@jitable
+def pipeline_makespan(stage_sum_s: np.ndarray, stage_max_s: np.ndarray, microbatches: np.ndarray) -> np.ndarray:
+    """T = Σ_j τ_j + (Q − 1)·max_j τ_j from the sum and the maximum of the per-micro-batch stage times (s)."""
+    return stage_sum_s + (microbatches - 1.0) * stage_max_s
 
 
 def makespan(stage_s: np.ndarray, microbatches: np.ndarray) -> np.ndarray:
@@ -35,10 +43,10 @@ def makespan(stage_s: np.ndarray, microbatches: np.ndarray) -> np.ndarray:
     """
     q = np.asarray(microbatches, dtype=np.float64)
     if not isinstance(stage_s, (list, tuple)):
-        return stage_s.sum(axis=0) + (q - 1.0) * stage_s.max(axis=0)
+        return pipeline_makespan(stage_s.sum(axis=0), stage_s.max(axis=0), q)
     total = np.array(stage_s[0], dtype=np.float64)
     longest = total.copy()
     for stage in stage_s[1:]:  # in stage order (numpy's sum over fewer than 8 stages adds in this order too)
         total += stage
         np.maximum(longest, stage, out=longest)
-    return total + (q - 1.0) * longest
+    return pipeline_makespan(total, longest, q)
