@@ -12,7 +12,7 @@ import numpy as np
 
 from mec_gym.config import SystemConfig
 from mec_gym.envs.observation import ObservationBuilder
-from mec_gym.model import costs, decision, dynamics, reference
+from mec_gym.model import costs, decision, dynamics, kernel, llm, reference
 
 
 @dataclass
@@ -30,7 +30,7 @@ class StepResult:
 class EdgeTrainingCore:
     """B independent systems stepped together with one vectorized model call per round."""
 
-    def __init__(self, config: SystemConfig, num_envs: int) -> None:
+    def __init__(self, config: SystemConfig, num_envs: int, backend: str | None = None) -> None:
         self.config = config
         self.num_envs = num_envs
         self.scales = reference.reference_scales(config)
@@ -38,6 +38,19 @@ class EdgeTrainingCore:
         self.randomness = dynamics.RoundRandomness(config, num_envs)
         self.state: dynamics.SystemState | None = None
         self.action_width = config.num_users * decision.action_dim_per_user(config)
+        self.kernel_params = kernel.params(config, self.observer.layout) if kernel.enabled(config, backend) else None
+        if self.kernel_params is not None:
+            self._kernel = kernel.compiled()
+            self._static_obs = np.zeros((num_envs, self.observer.size), dtype=np.float32)
+            self._sites = np.ascontiguousarray(dynamics.server_sites(config.num_servers, config.geometry.area_m))
+            self._load_levels = np.asarray(config.server.load_levels, dtype=np.float64)
+            rate = config.workload.arrival_rate
+            self._poisson_cdf = dynamics.poisson_cdf(rate) if rate > 0 else np.zeros(1)
+
+    @property
+    def backend(self) -> str:
+        """``"kernel"`` when Box actions step through the compiled round kernel, else ``"numpy"``."""
+        return "numpy" if self.kernel_params is None else "kernel"
 
     def reset(self, indices: np.ndarray, generators: list[np.random.Generator]) -> None:
         """Start new episodes for ``indices``, each from its environment's ``np_random``.
@@ -59,24 +72,13 @@ class EdgeTrainingCore:
             self.state.assign(mask, fresh.select(order) if len(order) > 1 else fresh)
         for index, child in zip(indices, children, strict=True):
             self.randomness.start(int(index), child[1])
+        if self.kernel_params is not None:  # the kernel copies the episode-constant features from here
+            self._static_obs[indices] = self.observer.flat(fresh)
 
     def check_action(self, action: np.ndarray) -> np.ndarray:
-        """Validate a batch of flat actions [B, N·d_u]: shape and finiteness (raises ValueError)."""
-        arr = np.asarray(action)
-        expected = (self.num_envs, self.action_width)
-        if arr.shape != expected:
-            if arr.size == self.num_envs * self.action_width and arr.ndim == 1 and self.num_envs == 1:
-                arr = arr.reshape(expected)
-            else:
-                raise ValueError(f"action: expected shape {expected[1:] if self.num_envs == 1 else expected} "
-                                 f"(num_users × {self.action_width // self.config.num_users} dims per user), "
-                                 f"got {arr.shape}")
-        # one sum is finite when every entry is (a sum that overflows from finite values is checked entrywise)
-        with np.errstate(over="ignore"):
-            total = arr.sum()
-        if not np.isfinite(total) and not np.all(np.isfinite(arr)):
-            raise ValueError("action: contains NaN or infinite values; actions must be finite and lie in [-1, 1]")
-        clipped = arr.astype(np.float64)
+        """Validate a batch of flat actions [B, N·d_u] (shape and finiteness, raises ValueError) and return
+        them clipped to [-1, 1] as a new float64 array."""
+        clipped = self.validate_action(action).astype(np.float64)
         return np.clip(clipped, -1.0, 1.0, out=clipped)
 
     def step_action(self, action: np.ndarray) -> StepResult:
@@ -112,8 +114,70 @@ class EdgeTrainingCore:
 
     def step_batch(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
         """Step with Box actions and return (observations, rewards, model-truncations, info arrays)."""
+        if self.kernel_params is not None:
+            return self._step_kernel(actions)
         result = self.step_action(actions)
         return self.observe(), result.reward, result.truncated, info_arrays(result, self.state)
+
+    def _step_kernel(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+        """:meth:`step_batch` through the compiled round kernel (:mod:`mec_gym.model.kernel`)."""
+        action = self.validate_action(actions)
+        if action.dtype not in (np.float32, np.float64) or not action.flags.c_contiguous:
+            action = np.ascontiguousarray(action, dtype=np.float64)
+        config, state, p, b = self.config, self.state, self.kernel_params, self.num_envs
+        n = config.num_users
+        obs = np.empty((b, self.observer.size), dtype=np.float32)
+        env_f = np.empty((len(kernel.ENV_FLOATS), b))
+        env_i = np.empty((len(kernel.ENV_INTS), b), dtype=np.int64)
+        user_f = np.empty((len(kernel.USER_FLOATS), b, n))
+        user_i = np.empty((len(kernel.USER_INTS), b, n), dtype=np.int64)
+        act_bits = llm.activation_bits_per_sequence(config.llm, config.workload, state.seq_len)
+        token_bits = llm.token_bits_per_sequence(config.workload, state.seq_len)
+        self._kernel(0, b, action, p, state.round, state.device_rate_flops, state.device_power_w,
+                     state.server_peak_flops, state.server_power_w, state.power_max_w, state.seq_len,
+                     state.forward_flops, state.backward_flops, state.service_q0, state.service_q1, state.max_layers,
+                     state.user_pos_m, state.user_vel_mps, state.shadowing_db, state.fading, state.gain,
+                     state.data_queue, state.energy_queue, state.load_index, state.load, state.users_per_server,
+                     state.server_work_flops, act_bits, token_bits, self.randomness.normals, self.randomness.uniforms,
+                     self._poisson_cdf, self._load_levels, self._sites, self._static_obs, obs, env_f, env_i, user_f,
+                     user_i)
+        exhausted = np.flatnonzero((state.round % self.randomness.block == 0) & (state.round < config.rounds))
+        if len(exhausted):
+            self.randomness.refill(exhausted)
+        info = {name: env_f[i] for i, name in enumerate(kernel.ENV_FLOATS) if name != "reward"}
+        info["stability"] = env_f[kernel.ENV_FLOATS.index("stability")]
+        info["drops"] = env_i[0]
+        info.update({name: user_f[i] for i, name in enumerate(kernel.USER_FLOATS)})
+        info.update({name: user_i[i] for i, name in enumerate(kernel.USER_INTS)})
+        info = {key: info[key] for key in INFO_KEYS}
+        info["repairs"] = {name: env_i[i] for i, name in enumerate(kernel.ENV_INTS) if i > 0}
+        return obs, env_f[0], state.round >= config.rounds, info
+
+    def validate_action(self, action: np.ndarray) -> np.ndarray:
+        """Check a batch of flat actions [B, N·d_u] for shape and finiteness (raises ValueError); returns
+        it as an array of that shape (unclipped)."""
+        arr = np.asarray(action)
+        expected = (self.num_envs, self.action_width)
+        if arr.shape != expected:
+            if arr.size == self.num_envs * self.action_width and arr.ndim == 1 and self.num_envs == 1:
+                arr = arr.reshape(expected)
+            else:
+                raise ValueError(f"action: expected shape {expected[1:] if self.num_envs == 1 else expected} "
+                                 f"(num_users × {self.action_width // self.config.num_users} dims per user), "
+                                 f"got {arr.shape}")
+        # one sum is finite when every entry is (a sum that overflows from finite values is checked entrywise)
+        with np.errstate(over="ignore"):
+            total = arr.sum()
+        if not np.isfinite(total) and not np.all(np.isfinite(arr)):
+            raise ValueError("action: contains NaN or infinite values; actions must be finite and lie in [-1, 1]")
+        return arr
+
+
+INFO_KEYS = ("energy_j", "delay_s", "stability", "scr", "energy_norm", "delay_norm", "stability_norm",
+             "budget_violation", "drop_rate", "drops", "latency_s", "energy_j_user", "energy_device_j",
+             "energy_server_j", "local_layers", "server", "sequences", "peak_memory_bytes", "data_queue",
+             "energy_queue")
+"""The per-round info entries besides ``repairs``, in order (SPEC §4.2)."""
 
 
 def info_arrays(result: StepResult, state: dynamics.SystemState) -> dict:

@@ -82,7 +82,8 @@ class EdgeTrainingEnv(gym.Env):
     metadata = {"render_modes": ["human", "rgb_array"], "render_fps": 4}
 
     def __init__(self, scenario: str = "default", config: SystemConfig | None = None,
-                 render_mode: str | None = None, observation_mode: str = "flat", **overrides: Any) -> None:
+                 render_mode: str | None = None, observation_mode: str = "flat", backend: str | None = None,
+                 **overrides: Any) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             modes = self.metadata["render_modes"]
             raise ValueError(f"render_mode: must be one of {modes} or None, got {render_mode!r}")
@@ -92,7 +93,12 @@ class EdgeTrainingEnv(gym.Env):
         self.scenario = scenario if config is None else "custom"
         self.render_mode = render_mode
         self.observation_mode = observation_mode
-        self._core = EdgeTrainingCore(self.config, 1)
+        if render_mode is not None:  # rendering draws the round's full metrics, which the numpy model returns
+            if backend == "kernel":
+                raise ValueError("backend: 'kernel' cannot render (it returns the info, not the full metrics); "
+                                 "use render_mode=None or backend='numpy'")
+            backend = "numpy"
+        self._core = EdgeTrainingCore(self.config, 1, backend=backend)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (self._core.action_width,), dtype=np.float32)
         self.observation_space = self._core.observer.space(observation_mode)
         self._last: StepResult | None = None
@@ -135,7 +141,20 @@ class EdgeTrainingEnv(gym.Env):
             per_user = self.action_space.shape[0] // self.config.num_users
             raise ValueError(f"action: expected shape {self.action_space.shape} (num_users {self.config.num_users} "
                              f"× {per_user} dims per user), got {action.shape}")
+        if self._core.backend == "kernel":
+            obs, reward, truncated, raw = self._core.step_batch(action.reshape(1, -1))
+            self._last = None
+            info = self._info(raw)
+            self._history.append({"energy_j": info["energy_j"], "delay_s": info["delay_s"],
+                                  "stability": info["stability"], "reward": float(reward[0])})
+            return self._format(obs[0]), float(reward[0]), False, bool(truncated[0]), info
         return self._finish(self._core.step_action(action.reshape(1, -1)))
+
+    @property
+    def backend(self) -> str:
+        """``"kernel"`` when Box actions step through the compiled round kernel, else ``"numpy"``
+        (:mod:`mec_gym.model.kernel`; structured decisions always use the numpy model)."""
+        return self._core.backend
 
     def step_decision(self, decision: Decision):
         """Step with a structured ``Decision`` (unbatched fields, or a batch axis of 1).
@@ -194,17 +213,24 @@ class EdgeTrainingEnv(gym.Env):
             raise RuntimeError("call reset() before stepping, encoding or reading the state")
 
     def _observation(self):
-        flat = self._core.observe()[0]
+        return self._format(self._core.observe()[0])
+
+    def _format(self, flat: np.ndarray):
         if self.observation_mode == "dict":
             return self._core.observer.to_dict(flat)
         return flat
 
-    def _finish(self, result: StepResult):
-        self._last = result
-        raw = info_arrays(result, self._core.state)
+    @staticmethod
+    def _info(raw: dict) -> dict:
+        """The single environment's info from the core's batch-of-one arrays: scalars as Python numbers."""
         info = {key: (value[0] if np.ndim(value[0]) else value[0].item()) for key, value in raw.items()
                 if key != "repairs"}
-        info["repairs"] = {key: int(value[0]) for key, value in result.repairs.items()}
+        info["repairs"] = {key: int(value[0]) for key, value in raw["repairs"].items()}
+        return info
+
+    def _finish(self, result: StepResult):
+        self._last = result
+        info = self._info(info_arrays(result, self._core.state))
         self._history.append({"energy_j": info["energy_j"], "delay_s": info["delay_s"],
                               "stability": info["stability"], "reward": float(result.reward[0])})
         if self.render_mode == "human":

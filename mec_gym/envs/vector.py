@@ -36,10 +36,14 @@ class EdgeTrainingVectorEnv(VectorEnv):
             same step; the last observation and info go to ``info["final_obs"]`` and
             ``info["final_info"]`` with the ``_final_obs`` mask).
         observation_mode: ``"flat"`` (Box) or ``"dict"`` (Dict of batched arrays).
-        workers: threads that step contiguous shards of the batch in parallel (numpy releases the
-            GIL inside its array loops). Default: one per CPU core (at most 2) when
+        workers: threads that step contiguous shards of the batch in parallel (the round kernel and
+            numpy's array loops release the GIL). Default: one per CPU core (at most 2) when
             ``num_envs >= 512``, else 1. Results do not depend on it: sub-environments are
             independent, so any sharding gives the same numbers.
+
+        backend: ``"kernel"`` (the compiled round kernel, :mod:`mec_gym.model.kernel`), ``"numpy"`` (the
+            numpy model) or ``None``/``"auto"``: the kernel where it supports the scenario (one device per
+            user), unless the environment variable ``MEC_GYM_BACKEND`` says otherwise. Same numbers either way.
 
     ``reset(options={"reset_mask": mask})`` resets only the masked sub-environments (NEXT_STEP
     and SAME_STEP modes); ``info`` is Gymnasium's dict of arrays with ``_key`` masks.
@@ -49,7 +53,8 @@ class EdgeTrainingVectorEnv(VectorEnv):
 
     def __init__(self, num_envs: int = 1, scenario: str = "default", config: SystemConfig | None = None,
                  max_episode_steps: int | None = None, autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
-                 observation_mode: str = "flat", workers: int | None = None, **overrides: Any) -> None:
+                 observation_mode: str = "flat", workers: int | None = None, backend: str | None = None,
+                 **overrides: Any) -> None:
         if not isinstance(num_envs, int) or num_envs < 1:
             raise ValueError(f"num_envs: must be an integer >= 1, got {num_envs!r}")
         if observation_mode not in ("flat", "dict"):
@@ -74,7 +79,7 @@ class EdgeTrainingVectorEnv(VectorEnv):
             raise ValueError(f"workers: must be an integer >= 1, got {workers!r}")
         workers = min(workers, num_envs)
         bounds = np.linspace(0, num_envs, workers + 1).astype(int)
-        self._shards = [EdgeTrainingCore(self.config, int(hi - lo)) for lo, hi in zip(bounds[:-1], bounds[1:],
+        self._shards = [EdgeTrainingCore(self.config, int(hi - lo), backend) for lo, hi in zip(bounds[:-1], bounds[1:],
                                                                                           strict=True)]
         self._bounds = bounds
         self._pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
@@ -86,6 +91,11 @@ class EdgeTrainingVectorEnv(VectorEnv):
         self._generators: list[np.random.Generator] = [seeding.np_random()[0] for _ in range(num_envs)]
         self._steps = np.zeros(num_envs, dtype=np.int64)
         self._needs_reset = np.zeros(num_envs, dtype=bool)
+
+    @property
+    def backend(self) -> str:
+        """``"kernel"`` or ``"numpy"``: what steps Box actions (see ``backend`` above)."""
+        return self._core.backend
 
     @property
     def observation_layout(self) -> dict:

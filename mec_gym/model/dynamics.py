@@ -198,7 +198,8 @@ def _server_draws(config: SystemConfig, cur: _Cursor) -> tuple[np.ndarray, np.nd
 
 
 @cache
-def _server_sites(num_servers: int, area_m: float) -> np.ndarray:
+def server_sites(num_servers: int, area_m: float) -> np.ndarray:
+    """The fixed base-station sites [M, 2] (cached; :func:`channel.server_positions`)."""
     return channel.server_positions(num_servers, area_m)
 
 
@@ -214,7 +215,7 @@ def sample_episode(config: SystemConfig, uniforms: np.ndarray) -> SystemState:
     geo, radio, wl = config.geometry, config.radio, config.workload
     batch = uniforms.shape[0]
     cur = _Cursor(uniforms)
-    sites = _server_sites(m, geo.area_m)
+    sites = server_sites(m, geo.area_m)
 
     u_pos = cur.take(n, 2)
     if geo.server_distance_m is not None:
@@ -295,7 +296,7 @@ def sample_episode(config: SystemConfig, uniforms: np.ndarray) -> SystemState:
 def update_gains(config: SystemConfig, state: SystemState) -> None:
     """Recompute the derived linear gains from positions, shadowing and fading (in place)."""
     radio = config.radio
-    sites = _server_sites(config.num_servers, config.geometry.area_m)
+    sites = server_sites(config.num_servers, config.geometry.area_m)
     distance = channel.distance_m(state.user_pos_m[:, :, 0, None] - sites[:, 0],
                                   state.user_pos_m[:, :, 1, None] - sites[:, 1])
     pl = channel.pathloss_db(distance, radio.pathloss_db_at_1km, radio.pathloss_exponent_db, radio.min_distance_m)
@@ -318,7 +319,8 @@ def innovation_sizes(config: SystemConfig) -> tuple[int, int]:
 
 
 @cache
-def _poisson_cdf(rate: float) -> np.ndarray:
+def poisson_cdf(rate: float) -> np.ndarray:
+    """CDF of Poisson(``rate``) at 0, 1, … up to rate + 12·sqrt(rate) + 12 (cached; arrivals by inverse CDF)."""
     top = int(rate + 12.0 * np.sqrt(rate) + 12.0)
     return stats.poisson.cdf(np.arange(top + 1), rate)
 
@@ -330,7 +332,7 @@ _QUANTILE_CELLS = 4096
 def _poisson_cells(rate: float) -> tuple[np.ndarray, np.ndarray]:
     """For each of ``_QUANTILE_CELLS`` equal cells of [0, 1): the quantile at its left edge, and
     whether a CDF value falls inside the cell (then the quantile varies within it)."""
-    cdf = _poisson_cdf(rate)
+    cdf = poisson_cdf(rate)
     edges = np.arange(_QUANTILE_CELLS + 1) / _QUANTILE_CELLS
     counts = np.searchsorted(cdf, edges, side="right")
     return counts[:-1], counts[1:] != counts[:-1]
@@ -343,14 +345,14 @@ def poisson_quantile(rate: float, uniforms: np.ndarray) -> np.ndarray:
     draws, the binary search only those in cells that hold a CDF value.
     """
     if np.size(uniforms) < 256:  # small batches: one binary search is cheaper than the lookup's extra calls
-        return np.searchsorted(_poisson_cdf(rate), uniforms, side="right")
+        return np.searchsorted(poisson_cdf(rate), uniforms, side="right")
     start, ambiguous = _poisson_cells(rate)
     cell = (uniforms * _QUANTILE_CELLS).astype(np.intp)
     counts = start[cell]
     unsure = np.flatnonzero(ambiguous[cell])
     if unsure.size:
         flat = counts.reshape(-1)
-        flat[unsure] = np.searchsorted(_poisson_cdf(rate), uniforms[np.unravel_index(unsure, uniforms.shape)],
+        flat[unsure] = np.searchsorted(poisson_cdf(rate), uniforms[np.unravel_index(unsure, uniforms.shape)],
                                        side="right")
     return counts
 

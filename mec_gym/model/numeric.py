@@ -61,39 +61,75 @@ def as_float(value: np.ndarray | float) -> np.ndarray:
 
 def pairwise_sum(values: np.ndarray, start: int, count: int) -> float:
     """Σ ``values[start:start + count]`` (1-D float64) in numpy's pairwise order, so a compiled sum over a
-    short axis equals ``ndarray.sum(axis=-1)`` bit for bit: below 8 entries left to right, up to 128 in
-    eight interleaved partial sums, beyond that split in halves (numpy's ``pairwise_sum``)."""
+    short axis equals ``ndarray.sum(axis=-1)`` bit for bit: blocks of up to 128 entries are summed by
+    :func:`_pairwise_block`; a longer range is split in halves (a multiple of 8 first) and the halves' sums
+    added, as numpy's recursive ``pairwise_sum`` does (here with an explicit stack)."""
+    if count <= 128:
+        return _pairwise_block(values, start, count)
+    # post-order walk of the halving tree: (start, count, state); state 0 = unvisited, 1 = left done
+    starts = np.empty(64, np.int64)
+    counts = np.empty(64, np.int64)
+    states = np.zeros(64, np.int64)
+    partial = np.empty(64)
+    starts[0], counts[0], states[0] = start, count, 0
+    depth = 0
+    result = 0.0
+    while depth >= 0:
+        s0, c0 = starts[depth], counts[depth]
+        half = c0 // 2
+        half -= half % 8
+        if c0 <= 128:
+            result = _pairwise_block(values, s0, c0)
+            depth -= 1
+        elif states[depth] == 0:
+            states[depth] = 1
+            depth += 1
+            starts[depth], counts[depth], states[depth] = s0, half, 0
+            continue
+        elif states[depth] == 1:
+            partial[depth] = result
+            states[depth] = 2
+            depth += 1
+            starts[depth], counts[depth], states[depth] = s0 + half, c0 - half, 0
+            continue
+        else:
+            result = partial[depth] + result
+            depth -= 1
+        # a finished child hands ``result`` to its parent, whose state says which half it was
+    return result
+
+
+def _pairwise_block(values: np.ndarray, start: int, count: int) -> float:
+    """numpy's pairwise sum of at most 128 entries: left to right below 8, else eight interleaved partial
+    sums combined as ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7)), then the leftover entries."""
     if count < 8:
         total = -0.0  # numpy starts from -0.0, so a sum of -0.0 stays -0.0
         for i in range(count):
             total += values[start + i]
         return total
-    if count <= 128:
-        r0, r1, r2, r3 = values[start], values[start + 1], values[start + 2], values[start + 3]
-        r4, r5, r6, r7 = values[start + 4], values[start + 5], values[start + 6], values[start + 7]
-        i = 8
-        stop = count - count % 8
-        while i < stop:
-            r0 += values[start + i]
-            r1 += values[start + i + 1]
-            r2 += values[start + i + 2]
-            r3 += values[start + i + 3]
-            r4 += values[start + i + 4]
-            r5 += values[start + i + 5]
-            r6 += values[start + i + 6]
-            r7 += values[start + i + 7]
-            i += 8
-        total = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
-        while i < count:
-            total += values[start + i]
-            i += 1
-        return total
-    half = count // 2
-    half -= half % 8
-    return pairwise_sum(values, start, half) + pairwise_sum(values, start + half, count - half)
+    r0, r1, r2, r3 = values[start], values[start + 1], values[start + 2], values[start + 3]
+    r4, r5, r6, r7 = values[start + 4], values[start + 5], values[start + 6], values[start + 7]
+    i = 8
+    stop = count - count % 8
+    while i < stop:
+        r0 += values[start + i]
+        r1 += values[start + i + 1]
+        r2 += values[start + i + 2]
+        r3 += values[start + i + 3]
+        r4 += values[start + i + 4]
+        r5 += values[start + i + 5]
+        r6 += values[start + i + 6]
+        r7 += values[start + i + 7]
+        i += 8
+    total = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    while i < count:
+        total += values[start + i]
+        i += 1
+    return total
 
 
 if HAVE_NUMBA:
+    _pairwise_block = _register_jitable(_pairwise_block)
     pairwise_sum = _register_jitable(pairwise_sum)
 
     @_overload(divide_where, jit_options={"inline": "always"})
