@@ -326,8 +326,6 @@ class SystemConfig:
         head_on_server: the task head sits on the server, so activations always go up ([CP25]).
         reference_samples / reference_seed: states sampled (deterministically) to compute the
             reference-policy normalizers E_ref, D_ref, S_ref, T_ref (SPEC §3.4).
-        random_block: rounds of random innovations drawn per generator call (speed; the
-            trajectory of a seed does not depend on anything else).
     """
 
     num_users: int = 12
@@ -350,7 +348,6 @@ class SystemConfig:
     service: ServiceQuality = field(default_factory=ServiceQuality)
     reference_samples: int = 32
     reference_seed: int = 0
-    random_block: int = 16
 
     def __post_init__(self) -> None:
         if isinstance(self.controls, (list, str)):
@@ -360,7 +357,7 @@ class SystemConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first invalid field and its allowed range."""
-        for name in ("num_users", "num_servers", "devices_per_user", "rounds", "reference_samples", "random_block"):
+        for name in ("num_users", "num_servers", "devices_per_user", "rounds", "reference_samples"):
             value = getattr(self, name)
             _check(isinstance(value, int) and not isinstance(value, bool) and value >= 1, name,
                    f"must be an integer >= 1, got {value!r}")

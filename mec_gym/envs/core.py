@@ -46,6 +46,7 @@ class EdgeTrainingCore:
             self._load_levels = np.asarray(config.server.load_levels, dtype=np.float64)
             rate = config.workload.arrival_rate
             self._poisson_cdf = dynamics.poisson_cdf(rate) if rate > 0 else np.zeros(1)
+            self._scratch = kernel.scratch(config)
 
     @property
     def backend(self) -> str:
@@ -55,11 +56,13 @@ class EdgeTrainingCore:
     def reset(self, indices: np.ndarray, generators: list[np.random.Generator]) -> None:
         """Start new episodes for ``indices``, each from its environment's ``np_random``.
 
-        Each generator spawns an episode generator (initial state) and a round generator
-        (innovations), so an environment's trajectory depends only on its own generator.
+        Each generator spawns two seed sequences: an episode generator (the initial state; the same
+        generator ``Generator.spawn`` would make) and a round stream (innovations), so an environment's
+        trajectory depends only on its own generator.
         """
-        children = [g.spawn(2) for g in generators]
-        uniforms = dynamics.draw_episode_uniforms(self.config, [c[0] for c in children])
+        children = [g.bit_generator.seed_seq.spawn(2) for g in generators]
+        episode = [np.random.Generator(type(g.bit_generator)(c[0])) for g, c in zip(generators, children, strict=True)]
+        uniforms = dynamics.draw_episode_uniforms(self.config, episode)
         fresh = dynamics.sample_episode(self.config, uniforms)
         everyone = len(indices) == self.num_envs and bool((np.diff(indices) > 0).all())  # 0..B-1 in order
         if self.state is None or everyone:
@@ -97,14 +100,10 @@ class EdgeTrainingCore:
         config, state = self.config, self.state
         metrics = costs.evaluate(config, state, d)
         terms = costs.reward_terms(config, metrics, self.scales)
-        normals, uniforms = self.randomness.current(state.round)
+        normals, uniforms = self.randomness.draw()
         trained = np.where(metrics.dropped, 0.0, metrics.sequences * config.workload.local_iterations)
         dynamics.transition(config, state, normals, uniforms, trained, metrics.energy_device_j, d.server,
                             metrics.server_work_flops)
-        # a finished episode (round = T) never reads another innovation: its next step is ignored and reset
-        exhausted = np.flatnonzero((state.round % self.randomness.block == 0) & (state.round < config.rounds))
-        if len(exhausted):
-            self.randomness.refill(exhausted)
         truncated = state.round >= config.rounds
         return StepResult(reward=terms["reward"], truncated=truncated, metrics=metrics, terms=terms,
                           repairs=repairs, decision=d)
@@ -138,12 +137,9 @@ class EdgeTrainingCore:
                      state.forward_flops, state.backward_flops, state.service_q0, state.service_q1, state.max_layers,
                      state.user_pos_m, state.user_vel_mps, state.shadowing_db, state.fading, state.gain,
                      state.data_queue, state.energy_queue, state.load_index, state.load, state.users_per_server,
-                     state.server_work_flops, act_bits, token_bits, self.randomness.normals, self.randomness.uniforms,
-                     self._poisson_cdf, self._load_levels, self._sites, self._static_obs, obs, env_f, env_i, user_f,
-                     user_i)
-        exhausted = np.flatnonzero((state.round % self.randomness.block == 0) & (state.round < config.rounds))
-        if len(exhausted):
-            self.randomness.refill(exhausted)
+                     state.server_work_flops, act_bits, token_bits, self.randomness.states, self._poisson_cdf,
+                     self._load_levels, self._sites, self._static_obs, obs, env_f, env_i, user_f, user_i,
+                     *self._scratch)
         info = {name: env_f[i] for i, name in enumerate(kernel.ENV_FLOATS) if name != "reward"}
         info["stability"] = env_f[kernel.ENV_FLOATS.index("stability")]
         info["drops"] = env_i[0]

@@ -31,7 +31,7 @@ from mec_gym import catalog
 from mec_gym.config import SystemConfig
 from mec_gym.model import llm
 from mec_gym.model.dynamics import SystemState
-from mec_gym.model.numeric import LARGE, jitable
+from mec_gym.model.numeric import LARGE, LN10, jitable
 
 
 class ObservationBuilder:
@@ -157,7 +157,7 @@ class ObservationBuilder:
 @jitable
 def gain_feature(gain: np.ndarray) -> np.ndarray:
     """(10·log10 g + 100)/50 of a linear gain g, unclipped (``flat`` clips every field to its bounds)."""
-    return np.log10(np.maximum(gain, 1e-30)) * 0.2 + 2.0
+    return np.log(np.maximum(gain, 1e-30)) * (0.2 / LN10) + 2.0  # 0.2·log10 g, via the faster ln
 
 
 @jitable

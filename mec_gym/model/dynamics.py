@@ -1,12 +1,13 @@
 """System state, its random initial draw and its round-to-round transition (SPEC §3.5, §3.6).
 
 Every array has a leading batch axis ``B``. Randomness: each environment owns one
-``numpy.random.Generator`` (its ``np_random``); at every reset it spawns an *episode* and a
-*round* generator. The episode generator draws one flat vector of uniforms that
-:func:`sample_episode` maps to the initial state; the round generator draws the innovations
-(mobility, shadowing, fading, arrivals, load moves) in blocks of ``config.random_block``
-rounds. A batch of environments makes exactly the calls its members would make alone, so
-the batched core reproduces single environments draw for draw.
+``numpy.random.Generator`` (its ``np_random``); at every reset it spawns two seed sequences from it:
+an *episode* generator (numpy's PCG64, as ``Generator.spawn`` makes it) draws one flat vector of uniforms
+that :func:`sample_episode` maps to the initial state, and a *round* stream
+(:mod:`mec_gym.model.rng`: xoshiro256** with ziggurat normals, which the compiled round kernel draws
+inline) gives each round's innovations (mobility, shadowing, fading, arrivals, load moves). A batch of
+environments draws exactly what its members would draw alone, so the batched core reproduces single
+environments draw for draw.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from scipy import special, stats
 
 from mec_gym import catalog
 from mec_gym.config import SystemConfig
-from mec_gym.model import channel, llm
+from mec_gym.model import channel, llm, rng
 from mec_gym.model.numeric import jitable
 
 
@@ -160,7 +161,8 @@ def episode_draw_count(config: SystemConfig) -> int:
 
 
 def draw_episode_uniforms(config: SystemConfig, generators: list[np.random.Generator]) -> np.ndarray:
-    """One call per environment: the flat uniforms its initial state is built from, [B, n]."""
+    """One call per environment: the flat uniforms its initial state is built from, [B, n] (each generator:
+    the episode generator spawned at reset, see the module docstring)."""
     count = episode_draw_count(config)
     return np.stack([g.random(count) for g in generators])
 
@@ -358,47 +360,21 @@ def poisson_quantile(rate: float, uniforms: np.ndarray) -> np.ndarray:
 
 
 class RoundRandomness:
-    """Per-environment round generators and their block buffers of innovations.
-
-    ``refill(rows)`` draws the next ``random_block`` rounds for the given environments; the
-    buffer row an environment reads in round t is ``t % random_block``.
-
-    Normals are drawn in float32 (NumPy's 32-bit ziggurat, about twice as fast as the 64-bit
-    one and half the buffer memory; ample resolution for fading, shadowing and mobility
-    innovations) and promoted to float64 when read. Uniforms stay float64: they are compared
-    against probabilities and CDF values.
-    """
+    """The round streams of a batch: one xoshiro256** state per environment ([B, 4] uint64,
+    :mod:`mec_gym.model.rng`). A round draws ``innovation_sizes(config)`` normals, then uniforms, per
+    environment, in the order :func:`transition` reads them (the round kernel draws the same ones inline)."""
 
     def __init__(self, config: SystemConfig, batch: int) -> None:
-        self.config = config
-        self.block = config.random_block
-        n_norm, n_unif = innovation_sizes(config)
-        self.normals = np.zeros((batch, self.block, n_norm), dtype=np.float32)
-        self.uniforms = np.zeros((batch, self.block, n_unif))
-        self.generators: list[np.random.Generator | None] = [None] * batch
+        self.sizes = innovation_sizes(config)
+        self.states = np.zeros((batch, 4), dtype=np.uint64)
 
-    def start(self, index: int, generator: np.random.Generator) -> None:
-        """Attach a fresh round generator to environment ``index`` and draw its first block."""
-        self.generators[index] = generator
-        self.refill(np.asarray([index]))
+    def start(self, index: int, seed_sequence: np.random.SeedSequence) -> None:
+        """Seed environment ``index``'s round stream from ``seed_sequence`` (spawned from its ``np_random``)."""
+        self.states[index] = rng.seed_state(seed_sequence)
 
-    def current(self, round_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """This round's innovations, ([B, normals] float32, [B, uniforms] float64), from row t % block.
-
-        Views when every environment reads the same row (a batch stepped in lockstep), else copies.
-        """
-        rows = round_index % self.block
-        if rows.size and (rows == rows[0]).all():
-            return self.normals[:, rows[0]], self.uniforms[:, rows[0]]
-        envs = np.arange(len(rows))
-        return self.normals[envs, rows], self.uniforms[envs, rows]
-
-    def refill(self, rows: np.ndarray) -> None:
-        n_norm, n_unif = self.normals.shape[2], self.uniforms.shape[2]
-        for i in rows:
-            g = self.generators[i]
-            g.standard_normal((self.block, n_norm), dtype=np.float32, out=self.normals[i])
-            g.random((self.block, n_unif), out=self.uniforms[i])
+    def draw(self) -> tuple[np.ndarray, np.ndarray]:
+        """This round's innovations for every environment: ([B, normals], [B, uniforms]), float64."""
+        return rng.draw_round_arrays(self.states, *self.sizes)
 
 
 def transition(config: SystemConfig, state: SystemState, normals: np.ndarray, uniforms: np.ndarray,
@@ -406,8 +382,8 @@ def transition(config: SystemConfig, state: SystemState, normals: np.ndarray, un
                server_work_flops: np.ndarray) -> None:
     """Advance the state one round in place (SPEC §3.5-3.6).
 
-    ``normals``/``uniforms`` are this round's innovations ([B, n]; normals float32 or float64, used in
-    float64); ``trained`` the sequences
+    ``normals``/``uniforms`` are this round's innovations ([B, n], :meth:`RoundRandomness.draw`); ``trained``
+    the sequences
     whose update was accepted (b, or 0 when dropped); ``energy_user_j`` each user's energy for
     the budget queue; ``server`` the association and ``server_work_flops`` [B,N] each user's
     server-side FLOPs (for the per-server observations).

@@ -19,8 +19,12 @@ Scope: chains of one device per user (``devices_per_user == 1``: ``default``, ``
 ``qian2024``); :func:`supports` says whether a config qualifies, and the environments fall back to
 the numpy model otherwise (``collapipe``'s D2D chains).
 
-Randomness is not drawn here: the kernel reads the per-environment innovation blocks that
-:class:`mec_gym.model.dynamics.RoundRandomness` fills, so streams and results do not change.
+Randomness: the kernel draws each environment's round innovations inline from its stream in
+:class:`mec_gym.model.dynamics.RoundRandomness` (:mod:`mec_gym.model.rng`), in the order the numpy model's
+``RoundRandomness.draw`` fills them, so both backends see the same numbers.
+
+The kernel is compiled without numba's reference counting (``_nrt=False``): it allocates nothing (its
+scratch arrays come from :func:`scratch`), so views and calls cost no atomic counter updates.
 """
 
 from __future__ import annotations
@@ -32,8 +36,8 @@ import numpy as np
 
 from mec_gym.config import SystemConfig
 from mec_gym.envs.observation import gain_feature, saturating
-from mec_gym.model import channel, compute, costs, decision, dynamics, llm, pipeline, reference
-from mec_gym.model.numeric import HAVE_NUMBA, divide_where, jitable, pairwise_sum
+from mec_gym.model import channel, compute, costs, decision, dynamics, llm, pipeline, reference, rng
+from mec_gym.model.numeric import HAVE_NUMBA, PAIRWISE_MAX, compile_cached, divide_where, jitable, pairwise_sum
 
 _FLOAT_PARAMS = (
     "power_min", "frequency_min", "share_floor", "bandwidth_hz", "noise", "downlink_power", "utilization",
@@ -45,7 +49,7 @@ _FLOAT_PARAMS = (
     "stay_probability", "work_ref", "overhead",
 )
 _INT_PARAMS = (
-    "users", "servers", "layers", "block", "rounds", "width", "o_split", "o_server", "o_power", "o_bandwidth",
+    "users", "servers", "layers", "rounds", "width", "o_split", "o_server", "o_power", "o_bandwidth",
     "o_compute", "o_frequency", "o_microbatches", "split_min_local", "capacity", "max_microbatches",
     "microbatches", "iterations", "stability_samples", "hidden", "delay_aggregate", "obs_gain", "obs_data_queue",
     "obs_energy_queue", "obs_load", "obs_users", "obs_work", "obs_static_start", "obs_static_stop", "obs_round",
@@ -67,8 +71,8 @@ USER_INTS = ("local_layers", "server")
 
 
 def supports(config: SystemConfig) -> bool:
-    """Whether the kernel covers ``config`` (one device per user); else the numpy model runs."""
-    return HAVE_NUMBA and config.devices_per_user == 1
+    """Whether the kernel covers ``config`` (one device per user, at most 128 users); else the numpy model runs."""
+    return HAVE_NUMBA and config.devices_per_user == 1 and config.num_users <= PAIRWISE_MAX
 
 
 def enabled(config: SystemConfig, backend: str | None = None) -> bool:
@@ -83,7 +87,8 @@ def enabled(config: SystemConfig, backend: str | None = None) -> bool:
                          "(argument backend= or environment variable MEC_GYM_BACKEND)")
     if choice == "kernel" and not supports(config):
         reason = "numba is not installed" if not HAVE_NUMBA else \
-            f"it covers devices_per_user = 1 only (this config has {config.devices_per_user})"
+            (f"it covers devices_per_user = 1 and at most {PAIRWISE_MAX} users (this config has "
+             f"{config.devices_per_user} and {config.num_users})")
         raise ValueError(f"backend: the kernel cannot run this config: {reason}; use backend='numpy' or 'auto'")
     return choice != "numpy" and supports(config)
 
@@ -121,7 +126,7 @@ def params(config: SystemConfig, layout: dict) -> KernelParams:
         fading_correlation=radio.fading_correlation, pathloss_a=radio.pathloss_db_at_1km,
         pathloss_b=radio.pathloss_exponent_db, min_distance=radio.min_distance_m,
         stay_probability=srv.load_stay_probability, work_ref=builder.work_ref, overhead=wl.overhead_s,
-        users=config.num_users, servers=config.num_servers, layers=config.num_layers, block=config.random_block,
+        users=config.num_users, servers=config.num_servers, layers=config.num_layers,
         rounds=config.rounds, width=decision.action_dim_per_user(config),
         o_split=offsets.get("split", -1), o_server=offsets.get("server", -1), o_power=offsets.get("power", -1),
         o_bandwidth=offsets.get("bandwidth", -1), o_compute=offsets.get("compute", -1),
@@ -253,35 +258,29 @@ def _bounded(value: float) -> np.float32:
     return np.float32(np.minimum(np.maximum(value, 0.0), 1.0))
 
 
+def scratch(config: SystemConfig) -> tuple[np.ndarray, ...]:
+    """Work arrays for one :func:`_round` call (reused across calls of one core; never shared by threads)."""
+    n, m = config.num_users, config.num_servers
+    return (np.empty((4, n), np.int64), np.empty((14, n)), np.empty((2, n), np.bool_), np.empty((n, m)),
+            np.empty((n, m), np.int64), np.empty(3 * m, np.int64), np.empty((2, m)))
+
+
 def _round(lo, hi, action, p, rnd, device_rate, device_power, server_peak, server_power, power_max, seq_len,
            forward_flops, backward_flops, service_q0, service_q1, max_layers, pos, vel, shadowing, fading, gain,
-           data_queue, energy_queue, load_index, load, users_per_server, server_work, act_bits, token_bits, normals,
-           uniforms, poisson_cdf, load_levels, sites, static_obs, obs, env_f, env_i, user_f, user_i):
+           data_queue, energy_queue, load_index, load, users_per_server, server_work, act_bits, token_bits,
+           rng_states, poisson_cdf, load_levels, sites, static_obs, obs, env_f, env_i, user_f, user_i, int_work,
+           float_work, bool_work, scores, order, counters, server_sums):
     """Step environments ``lo..hi-1`` one round in place (see the module docstring); outputs go to ``obs``
     [B, size] float32, ``env_f`` [ENV_FLOATS, B], ``env_i`` [ENV_INTS, B], ``user_f`` [USER_FLOATS, B, N],
-    ``user_i`` [USER_INTS, B, N]."""
+    ``user_i`` [USER_INTS, B, N]; the last seven arrays are :func:`scratch`."""
     n_users, n_servers, layers = p.users, p.servers, p.layers
-    split0 = np.empty(n_users, np.int64)
-    local = np.empty(n_users, np.int64)
-    server = np.empty(n_users, np.int64)
-    power = np.empty(n_users)
-    bandwidth = np.empty(n_users)
-    compute_share = np.empty(n_users)
-    frequency = np.empty(n_users)
-    micro = np.empty(n_users)
-    weights = np.empty(n_users)
-    eligible = np.empty(n_users, np.bool_)
-    sequences = np.empty(n_users)
-    per_user = np.empty((4, n_users))  # energy per user, latency, service, scr denominator / budget violation
-    dropped = np.empty(n_users, np.bool_)
-    work_user = np.empty(n_users)
-    scores = np.empty((n_users, n_servers))
-    order = np.empty((n_users, n_servers), np.int64)
-    counters = np.empty(3 * n_servers, np.int64)
-    assigned = np.empty(n_users, np.int64)
-    stability_user = np.empty(n_users)
-    totals = np.empty(n_servers)
-    counts = np.empty(n_servers)
+    split0, local, server, assigned = int_work[0], int_work[1], int_work[2], int_work[3]
+    power, bandwidth, compute_share, frequency = float_work[0], float_work[1], float_work[2], float_work[3]
+    micro, weights, sequences, work_user = float_work[4], float_work[5], float_work[6], float_work[7]
+    stability_user = float_work[8]
+    per_user = float_work[10:14]  # energy, latency, service, SCR denominator (then budget violation) per user
+    eligible, dropped = bool_work[0], bool_work[1]
+    totals, counts = server_sums[0], server_sums[1]
     sqrt_half = np.sqrt(0.5)
     for b in range(lo, hi):
         # ---------------------------------------------------------------- decode (decision.decode + complete)
@@ -479,32 +478,30 @@ def _round(lo, hi, action, p, rnd, device_rate, device_power, server_peak, serve
         env_i[3, b] = rep_capacity
 
         # ---------------------------------------------------------------- transition (dynamics.transition)
-        row = rnd[b] % p.block
-        w = normals[b, row]
-        u = uniforms[b, row]
+        state = rng.load_state(rng_states, b)  # draws in RoundRandomness.draw's order: normals, then uniforms
         for n in range(n_users):
             vx, vy = vel[b, n, 0], vel[b, n, 1]
             speed = channel.distance_m(vx, vy)
             hx = divide_where(vx, speed, speed > 0)
             hy = divide_where(vy, speed, speed > 0)
-            new_vx = channel.gauss_markov_velocity(vx, hx, float(w[2 * n]), p.mean_speed, p.speed_std,
-                                                   p.mobility_memory)
-            new_vy = channel.gauss_markov_velocity(vy, hy, float(w[2 * n + 1]), p.mean_speed, p.speed_std,
-                                                   p.mobility_memory)
+            wx, state = rng.normal(state)
+            wy, state = rng.normal(state)
+            new_vx = channel.gauss_markov_velocity(vx, hx, wx, p.mean_speed, p.speed_std, p.mobility_memory)
+            new_vy = channel.gauss_markov_velocity(vy, hy, wy, p.mean_speed, p.speed_std, p.mobility_memory)
             pos[b, n, 0], vel[b, n, 0] = channel.reflect(new_vx * p.dt + pos[b, n, 0], new_vx, p.area)
             pos[b, n, 1], vel[b, n, 1] = channel.reflect(new_vy * p.dt + pos[b, n, 1], new_vy, p.area)
-        cursor = 2 * n_users
         for n in range(n_users):
             for m in range(n_servers):
-                innovation = float(w[cursor + n * n_servers + m]) * p.shadowing_db
-                shadowing[b, n, m] = channel.ar1(shadowing[b, n, m], innovation, p.shadowing_correlation)
-        cursor += n_users * n_servers
-        if p.fading:
-            for n in range(n_users):
-                for m in range(n_servers):
-                    for c in range(2):
-                        innovation = float(w[cursor + (n * n_servers + m) * 2 + c]) * sqrt_half
-                        fading[b, n, m, c] = channel.ar1(fading[b, n, m, c], innovation, p.fading_correlation)
+                innovation, state = rng.normal(state)
+                shadowing[b, n, m] = channel.ar1(shadowing[b, n, m], innovation * p.shadowing_db,
+                                                 p.shadowing_correlation)
+        for n in range(n_users):
+            for m in range(n_servers):
+                for c in range(2):
+                    innovation, state = rng.normal(state)  # drawn (and dropped) without fading too
+                    if p.fading:
+                        fading[b, n, m, c] = channel.ar1(fading[b, n, m, c], innovation * sqrt_half,
+                                                         p.fading_correlation)
         for n in range(n_users):
             for m in range(n_servers):
                 distance = channel.distance_m(pos[b, n, 0] - sites[m, 0], pos[b, n, 1] - sites[m, 1])
@@ -513,19 +510,22 @@ def _round(lo, hi, action, p, rnd, device_rate, device_power, server_peak, serve
                                                      channel.rayleigh_power(fading[b, n, m, 0], fading[b, n, m, 1]))
         top = load_levels.shape[0] - 1
         for m in range(n_servers):
-            move = 0 if u[m] < p.stay_probability else (-1 if u[m] < p.stay_probability
+            draw, state = rng.uniform(state)
+            move = 0 if draw < p.stay_probability else (-1 if draw < p.stay_probability
                                                         + (1.0 - p.stay_probability) / 2.0 else 1)
             load_index[b, m] = min(max(load_index[b, m] + move, 0), top)
             load[b, m] = load_levels[load_index[b, m]]
         for n in range(n_users):
+            draw, state = rng.uniform(state)
             trained = 0.0 if dropped[n] else user_f[4, b, n] * iterations
             if p.arrivals:
-                arrivals = _count_at_most(poisson_cdf, u[n_servers + n])
+                arrivals = _count_at_most(poisson_cdf, draw)
                 data_queue[b, n] = data_queue[b, n] - trained + arrivals
             if p.budget > 0:
                 energy_queue[b, n] = np.maximum(energy_queue[b, n] + user_f[2, b, n] - p.budget, 0.0)
             user_f[5, b, n] = data_queue[b, n]
             user_f[6, b, n] = energy_queue[b, n]
+        rng.store_state(rng_states, b, state)
         for m in range(n_servers):
             users_per_server[b, m] = 0.0
             server_work[b, m] = 0.0
@@ -559,7 +559,5 @@ def compiled():
     """The compiled kernel (built on first use, ~10 s; numba caches the machine code next to this file)."""
     global _kernel
     if _kernel is None:
-        import numba
-
-        _kernel = numba.njit(nogil=True, cache=True, error_model="numpy")(_round)
+        _kernel = compile_cached(_round, nogil=True, error_model="numpy", _nrt=False)
     return _kernel

@@ -10,6 +10,8 @@ have a numpy implementation (used from Python) and a scalar one (used by numba).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 try:  # numba is a dependency; without it the environments fall back to the numpy backend
@@ -21,9 +23,42 @@ try:  # numba is a dependency; without it the environments fall back to the nump
 except ImportError:  # pragma: no cover - exercised only where numba cannot be installed
     HAVE_NUMBA = False
 
+LN10 = math.log(10.0)
+"""ln 10 as one double, shared by Python and compiled code (a folded ``np.log(10.0)`` may differ in the last bit)."""
+LN2 = math.log(2.0)
+"""ln 2, as :data:`LN10`."""
+
 _SMALL = 256  # below this many entries numpy's call overhead dominates: keep the one-call spelling
 LARGE = 2048
 """Arrays with at least this many entries take the paths with more numpy calls and fewer passes."""
+
+
+def compile_cached(function, **options):
+    """``numba.njit(function, cache=True, **options)``, with the on-disk cache tied to the model's sources.
+
+    numba checks only the stamp of the file that defines ``function``; the formula functions it compiles
+    in live in other files of :mod:`mec_gym.model`. So a digest of those sources (and of numba's version) is
+    kept next to the cache, and a cache built from other sources is flushed before use.
+    """
+    import hashlib
+    from pathlib import Path
+
+    import numba
+
+    dispatcher = numba.njit(cache=True, **options)(function)
+    here = Path(__file__).resolve().parent
+    sources = sorted(here.glob("*.py")) + [here.parent / "envs" / "observation.py"]
+    digest = hashlib.sha256(numba.__version__.encode())
+    for path in sources:
+        digest.update(path.read_bytes())
+    stamp = Path(dispatcher._cache.cache_path) / f"{function.__module__}.{function.__name__}.sources"
+    try:
+        if not stamp.exists() or stamp.read_text() != digest.hexdigest():
+            dispatcher._cache.flush()
+            stamp.write_text(digest.hexdigest())
+    except OSError:  # a read-only cache location: compile without the disk cache
+        dispatcher = numba.njit(**options)(function)
+    return dispatcher
 
 
 def jitable(function):
@@ -59,49 +94,15 @@ def as_float(value: np.ndarray | float) -> np.ndarray:
     return np.asarray(value, dtype=np.float64)
 
 
+PAIRWISE_MAX = 128
+"""The longest range :func:`pairwise_sum` adds (numpy splits longer ones in halves first)."""
+
+
 def pairwise_sum(values: np.ndarray, start: int, count: int) -> float:
-    """Σ ``values[start:start + count]`` (1-D float64) in numpy's pairwise order, so a compiled sum over a
-    short axis equals ``ndarray.sum(axis=-1)`` bit for bit: blocks of up to 128 entries are summed by
-    :func:`_pairwise_block`; a longer range is split in halves (a multiple of 8 first) and the halves' sums
-    added, as numpy's recursive ``pairwise_sum`` does (here with an explicit stack)."""
-    if count <= 128:
-        return _pairwise_block(values, start, count)
-    # post-order walk of the halving tree: (start, count, state); state 0 = unvisited, 1 = left done
-    starts = np.empty(64, np.int64)
-    counts = np.empty(64, np.int64)
-    states = np.zeros(64, np.int64)
-    partial = np.empty(64)
-    starts[0], counts[0], states[0] = start, count, 0
-    depth = 0
-    result = 0.0
-    while depth >= 0:
-        s0, c0 = starts[depth], counts[depth]
-        half = c0 // 2
-        half -= half % 8
-        if c0 <= 128:
-            result = _pairwise_block(values, s0, c0)
-            depth -= 1
-        elif states[depth] == 0:
-            states[depth] = 1
-            depth += 1
-            starts[depth], counts[depth], states[depth] = s0, half, 0
-            continue
-        elif states[depth] == 1:
-            partial[depth] = result
-            states[depth] = 2
-            depth += 1
-            starts[depth], counts[depth], states[depth] = s0 + half, c0 - half, 0
-            continue
-        else:
-            result = partial[depth] + result
-            depth -= 1
-        # a finished child hands ``result`` to its parent, whose state says which half it was
-    return result
-
-
-def _pairwise_block(values: np.ndarray, start: int, count: int) -> float:
-    """numpy's pairwise sum of at most 128 entries: left to right below 8, else eight interleaved partial
-    sums combined as ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7)), then the leftover entries."""
+    """Σ ``values[start:start + count]`` (1-D float64, ``count`` <= PAIRWISE_MAX) in numpy's pairwise order,
+    so a compiled sum over a short axis equals ``ndarray.sum(axis=-1)`` bit for bit: left to right below 8
+    entries, else eight interleaved partial sums combined as ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7)),
+    then the leftover entries."""
     if count < 8:
         total = -0.0  # numpy starts from -0.0, so a sum of -0.0 stays -0.0
         for i in range(count):
@@ -129,7 +130,6 @@ def _pairwise_block(values: np.ndarray, start: int, count: int) -> float:
 
 
 if HAVE_NUMBA:
-    _pairwise_block = _register_jitable(_pairwise_block)
     pairwise_sum = _register_jitable(pairwise_sum)
 
     @_overload(divide_where, jit_options={"inline": "always"})
