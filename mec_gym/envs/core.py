@@ -12,7 +12,7 @@ import numpy as np
 
 from mec_gym.config import SystemConfig
 from mec_gym.envs.observation import ObservationBuilder
-from mec_gym.model import costs, decision, dynamics, kernel, llm, reference
+from mec_gym.model import costs, decision, dynamics, kernel, llm, reference, rng
 
 
 @dataclass
@@ -36,6 +36,7 @@ class EdgeTrainingCore:
         self.scales = reference.reference_scales(config)
         self.observer = ObservationBuilder(config)
         self.randomness = dynamics.RoundRandomness(config, num_envs)
+        self._spawned: list[list | None] = [None] * num_envs  # per environment: [generator, entropy prefix, children]
         self.state: dynamics.SystemState | None = None
         self.action_width = config.num_users * decision.action_dim_per_user(config)
         self.kernel_params = kernel.params(config, self.observer.layout) if kernel.enabled(config, backend) else None
@@ -56,13 +57,37 @@ class EdgeTrainingCore:
     def reset(self, indices: np.ndarray, generators: list[np.random.Generator]) -> None:
         """Start new episodes for ``indices``, each from its environment's ``np_random``.
 
-        Each generator spawns two seed sequences: an episode generator (the initial state; the same
-        generator ``Generator.spawn`` would make) and a round stream (innovations), so an environment's
-        trajectory depends only on its own generator.
+        Each generator spawns two seed sequences (as ``np_random.spawn(2)`` would): an episode generator
+        (PCG64; the initial state) and a round stream (innovations, :mod:`mec_gym.model.rng`), so an
+        environment's trajectory depends only on its own generator. The spawning is done by compiled code
+        that reproduces numpy's SeedSequence and PCG64 bit for bit; the core counts the children it takes
+        from each generator (numpy's own ``n_children_spawned`` is not advanced).
         """
-        children = [g.bit_generator.seed_seq.spawn(2) for g in generators]
-        episode = [np.random.Generator(type(g.bit_generator)(c[0])) for g, c in zip(generators, children, strict=True)]
-        uniforms = dynamics.draw_episode_uniforms(self.config, episode)
+        indices = np.asarray(indices)
+        count = dynamics.episode_draw_count(self.config)
+        uniforms = np.empty((len(indices), count))
+        fast_rows, prefixes, children = [], [], []
+        for row, (index, g) in enumerate(zip(indices, generators, strict=True)):
+            record = self._spawned[index]
+            if record is None or record[0] is not g:  # a generator not seen here before: start from its count
+                seed_seq = getattr(g.bit_generator, "seed_seq", None)
+                prefix = rng.entropy_prefix(seed_seq) if isinstance(g.bit_generator, np.random.PCG64) and \
+                    isinstance(seed_seq, np.random.SeedSequence) else None
+                record = [g, prefix, seed_seq.n_children_spawned if prefix is not None else 0]
+                self._spawned[index] = record
+            if record[1] is not None:
+                fast_rows.append(row)
+                prefixes.append(record[1])
+                children.append(record[2])
+                record[2] += 2
+            else:  # other bit generators or entropy: numpy's own spawn
+                episode, rounds = g.spawn(2)
+                uniforms[row] = episode.random(count)
+                self.randomness.start(int(index), rounds.bit_generator.seed_seq)
+        if fast_rows:
+            fast_uniforms, states = rng.spawn_streams(prefixes, np.asarray(children), count)
+            uniforms[fast_rows] = fast_uniforms
+            self.randomness.states[indices[fast_rows]] = states
         fresh = dynamics.sample_episode(self.config, uniforms)
         everyone = len(indices) == self.num_envs and bool((np.diff(indices) > 0).all())  # 0..B-1 in order
         if self.state is None or everyone:
@@ -73,8 +98,6 @@ class EdgeTrainingCore:
             mask[indices] = True
             order = np.argsort(indices)  # boolean assignment fills rows in ascending index order
             self.state.assign(mask, fresh.select(order) if len(order) > 1 else fresh)
-        for index, child in zip(indices, children, strict=True):
-            self.randomness.start(int(index), child[1])
         if self.kernel_params is not None:  # the kernel copies the episode-constant features from here
             self._static_obs[indices] = self.observer.flat(fresh)
 

@@ -182,3 +182,168 @@ def draw_round_arrays(states: np.ndarray, n_normals: int, n_uniforms: int) -> tu
     uniforms = np.empty((states.shape[0], n_uniforms))
     _draw_round(states, normals, uniforms)
     return normals, uniforms
+
+
+# --------------------------------------------------------------------------- seeding at reset
+# numpy's SeedSequence (O'Neill's seed_seq_fe, numpy/random/bit_generator.pyx) and PCG64 (XSL-RR 128/64),
+# compiled and batched over the environments a reset touches. They reproduce, bit for bit, what
+# ``np_random.spawn(2)`` would give (checked against numpy in tests/test_rng.py), at a fraction of the cost
+# of building two SeedSequence and one Generator objects per environment.
+_INIT_A, _MULT_A, _INIT_B, _MULT_B = 0x43B0D7E5, 0x931E8875, 0x8B51F9DD, 0x58F38DED
+_MIX_MULT_L, _MIX_MULT_R, _MASK32 = 0xCA01F9DD, 0x4973F715, 0xFFFFFFFF
+POOL_SIZE = 4
+_PCG_MULT_HI, _PCG_MULT_LO = 2549297995355413924, 4865540595714422341
+
+
+@jitable
+def _hashmix(value, hash_const):
+    value = (value ^ hash_const) & _U(_MASK32)
+    hash_const = (hash_const * _U(_MULT_A)) & _U(_MASK32)
+    value = (value * hash_const) & _U(_MASK32)
+    return value ^ (value >> _U(16)), hash_const
+
+
+@jitable
+def _mix(x, y):
+    result = (_U(_MIX_MULT_L) * x - _U(_MIX_MULT_R) * y) & _U(_MASK32)
+    return result ^ (result >> _U(16))
+
+
+@jitable
+def seed_pool(entropy: np.ndarray, length: int, pool: np.ndarray) -> None:
+    """SeedSequence.mix_entropy: the 4-word pool (uint32 values in uint64) from ``entropy[:length]``."""
+    hash_const = _U(_INIT_A)
+    for i in range(POOL_SIZE):
+        word = entropy[i] if i < length else _U(0)
+        pool[i], hash_const = _hashmix(word, hash_const)
+    for i_src in range(POOL_SIZE):
+        for i_dst in range(POOL_SIZE):
+            if i_src != i_dst:
+                mixed, hash_const = _hashmix(pool[i_src], hash_const)
+                pool[i_dst] = _mix(pool[i_dst], mixed)
+    for i_src in range(POOL_SIZE, length):
+        for i_dst in range(POOL_SIZE):
+            mixed, hash_const = _hashmix(entropy[i_src], hash_const)
+            pool[i_dst] = _mix(pool[i_dst], mixed)
+
+
+@jitable
+def pool_state_u64(pool: np.ndarray, out: np.ndarray) -> None:
+    """SeedSequence.generate_state(len(out), np.uint64) from a mixed pool."""
+    hash_const = _U(_INIT_B)
+    for i in range(2 * out.shape[0]):
+        value = (pool[i % POOL_SIZE] ^ hash_const) & _U(_MASK32)
+        hash_const = (hash_const * _U(_MULT_B)) & _U(_MASK32)
+        value = (value * hash_const) & _U(_MASK32)
+        value ^= value >> _U(16)
+        if i % 2 == 0:
+            out[i // 2] = value
+        else:
+            out[i // 2] |= value << _U(32)
+
+
+@jitable
+def _mulhi64(x, y):
+    x0, x1 = x & _U(_MASK32), x >> _U(32)
+    y0, y1 = y & _U(_MASK32), y >> _U(32)
+    p00, p01, p10, p11 = x0 * y0, x0 * y1, x1 * y0, x1 * y1
+    middle = (p00 >> _U(32)) + (p01 & _U(_MASK32)) + (p10 & _U(_MASK32))
+    return p11 + (p01 >> _U(32)) + (p10 >> _U(32)) + (middle >> _U(32))
+
+
+@jitable
+def _pcg_step(hi, lo, inc_hi, inc_lo):
+    """state · multiplier + increment (mod 2^128), on (high, low) 64-bit halves."""
+    m_hi, m_lo = _U(_PCG_MULT_HI), _U(_PCG_MULT_LO)
+    new_hi = _mulhi64(lo, m_lo) + lo * m_hi + hi * m_lo
+    new_lo = lo * m_lo
+    out_lo = new_lo + inc_lo
+    carry = _U(1) if out_lo < new_lo else _U(0)
+    return new_hi + inc_hi + carry, out_lo
+
+
+@jitable
+def pcg64_uniforms(seed: np.ndarray, out: np.ndarray) -> None:
+    """``Generator(PCG64(seed_sequence)).random(len(out))`` given ``seed`` = seed_sequence.generate_state(4, u64)."""
+    inc_hi = (seed[2] << _U(1)) | (seed[3] >> _U(63))
+    inc_lo = (seed[3] << _U(1)) | _U(1)
+    hi, lo = _pcg_step(_U(0), _U(0), inc_hi, inc_lo)
+    lo2 = lo + seed[1]
+    hi = hi + seed[0] + (_U(1) if lo2 < lo else _U(0))
+    hi, lo = _pcg_step(hi, lo2, inc_hi, inc_lo)
+    for i in range(out.shape[0]):
+        hi, lo = _pcg_step(hi, lo, inc_hi, inc_lo)
+        value = hi ^ lo
+        rot = hi >> _U(58)
+        value = (value >> rot) | (value << ((_U(64) - rot) & _U(63)))
+        out[i] = float(value >> _U(11)) * (1.0 / 9007199254740992.0)
+
+
+@jitable
+def spawned_streams(prefix: np.ndarray, lengths: np.ndarray, children: np.ndarray, uniforms: np.ndarray,
+                    round_states: np.ndarray) -> None:
+    """For each row b: the children ``children[b]`` and ``children[b] + 1`` of a SeedSequence whose assembled
+    entropy (run entropy padded to the pool size, then its spawn key, as uint32 words) is
+    ``prefix[b, :lengths[b]]``; fills ``uniforms[b]`` from a PCG64 on the first child and ``round_states[b]``
+    with a xoshiro256** state from the second."""
+    entropy = np.empty(prefix.shape[1] + 1, np.uint64)
+    pool = np.empty(POOL_SIZE, np.uint64)
+    seed = np.empty(4, np.uint64)
+    for b in range(prefix.shape[0]):
+        n = lengths[b]
+        for i in range(n):
+            entropy[i] = prefix[b, i]
+        for child in range(2):
+            entropy[n] = _U(children[b] + child)
+            seed_pool(entropy, n + 1, pool)
+            pool_state_u64(pool, seed)
+            if child == 0:
+                pcg64_uniforms(seed, uniforms[b])
+            else:
+                if seed[0] == 0 and seed[1] == 0 and seed[2] == 0 and seed[3] == 0:
+                    seed[0] = 1
+                for i in range(4):
+                    round_states[b, i] = seed[i]
+
+
+def _uint32_words(value: int) -> list[int]:
+    """numpy's ``_int_to_uint32_array``: a non-negative int as little-endian 32-bit words ([0] for 0)."""
+    words = [value & _MASK32] if value == 0 else []
+    while value > 0:
+        words.append(value & _MASK32)
+        value >>= 32
+    return words
+
+
+def entropy_prefix(seed_sequence: np.random.SeedSequence) -> list[int] | None:
+    """The assembled entropy words a child of ``seed_sequence`` starts with (before its own spawn-key
+    word), or None when the fast path does not apply (non-integer entropy, another pool size)."""
+    entropy, key = seed_sequence.entropy, seed_sequence.spawn_key
+    if seed_sequence.pool_size != POOL_SIZE or not isinstance(entropy, (int, np.integer)) or \
+            not all(isinstance(k, (int, np.integer)) and k >= 0 for k in key):
+        return None
+    run = _uint32_words(int(entropy))
+    run += [0] * (POOL_SIZE - len(run))  # a spawned child always has a spawn key: numpy pads the run entropy
+    for k in key:
+        run += _uint32_words(int(k))
+    return run
+
+
+_spawned = None
+
+
+def spawn_streams(prefixes: list[list[int]], children: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`spawned_streams` for a list of entropy prefixes; returns (uniforms [B, count], states [B, 4])."""
+    global _spawned
+    if _spawned is None:
+        _spawned = compile_cached(spawned_streams, nogil=True) if HAVE_NUMBA else spawned_streams
+    width = max(len(p) for p in prefixes)
+    prefix = np.zeros((len(prefixes), width), dtype=np.uint64)
+    lengths = np.empty(len(prefixes), dtype=np.int64)
+    for row, words in enumerate(prefixes):
+        prefix[row, :len(words)] = words
+        lengths[row] = len(words)
+    uniforms = np.empty((len(prefixes), count))
+    states = np.empty((len(prefixes), 4), dtype=np.uint64)
+    _spawned(prefix, lengths, np.asarray(children, dtype=np.int64), uniforms, states)
+    return uniforms, states
