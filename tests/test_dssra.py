@@ -253,8 +253,8 @@ def _run(env, policy, seed):
 
 def test_energy_budget_met_by_dssra_violated_by_latency_only():
     """Budget 40 J per cluster and round on the first seed where it is feasible for every cluster
-    and binds for one (``binding_seed``: minimum energy below 90 % of it, some cluster's
-    latency-optimal energy above 110 %): DSSRA's time-average energy falls to within 5 % of the
+    and binds for one (``binding_seed``: minimum energy averaging below 90 % of it over the first
+    rounds, some cluster's latency-optimal energy above 130 %): DSSRA's time-average energy falls to within 5 % of the
     budget with bounded queues (Z_T/T small); the latency-only variant stays above it and its
     queues grow linearly. (The margin is the O(V) backlog: a cluster's minimum energy moves with
     its channel and may touch the budget in some rounds.)"""
@@ -270,7 +270,7 @@ def test_energy_budget_met_by_dssra_violated_by_latency_only():
     assert queue[-1].max() <= 0.05 * budget * rounds  # Z_T/T → 0: mean-rate stable
     energy, _, queue, _ = _run(env, DSSRALatencyOnly(), seed=seed)
     average = energy.mean(axis=0)
-    assert average.max() >= budget * 1.3
+    assert average.max() >= budget * 1.2  # clearly above the budget on average, not just at the start
     assert queue[-1].max() >= 0.2 * budget * rounds
 
 

@@ -108,7 +108,7 @@ def test_user_reward_mode(scenario: str) -> None:
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
 def test_user_terms_average_to_team_terms(scenario: str) -> None:
     """Penalties and (weighted) stability: the users' mean equals the team term of ``reward_terms``."""
-    env = EdgeTrainingEnv(scenario=scenario)
+    env = EdgeTrainingEnv(scenario=scenario, backend="numpy")  # the full metrics of the round (env._last)
     env.reset(seed=11)
     env.step(np.random.default_rng(2).uniform(-1, 1, env.action_space.shape).astype(np.float32))
     metrics, scales = env._last.metrics, env.scales

@@ -413,7 +413,8 @@ def _state_bytes(venv):
     state = venv.system_state
     total = sum(getattr(state, f.name).nbytes for f in dataclasses.fields(state))
     cores = getattr(venv, "_shards", None) or [venv._core]
-    return total + sum(core.randomness.normals.nbytes + core.randomness.uniforms.nbytes for core in cores)
+    kernel_bytes = sum(core._static_obs.nbytes for core in cores if core.backend == "kernel")
+    return total + kernel_bytes + sum(core.randomness.states.nbytes for core in cores)
 
 
 def test_state_memory_scales_linearly_with_num_envs():

@@ -143,34 +143,25 @@ class EdgeTrainingCore:
 
     def _step_kernel(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
         """:meth:`step_batch` through the compiled round kernel (:mod:`mec_gym.model.kernel`)."""
-        action = self.validate_action(actions)
+        out = kernel.outputs(self.config, self.num_envs, self.observer.size)
+        self.run_kernel(self.validate_action(actions), out)
+        return out[0], out[1][0], self.state.round >= self.config.rounds, kernel.info(out)
+
+    def run_kernel(self, action: np.ndarray, out: tuple) -> None:
+        """Advance every environment one round with the kernel, writing into ``out`` (:func:`kernel.outputs`
+        or :func:`kernel.rows` of a larger batch); ``action`` [B, N·d_u] must be validated (it is clipped here)."""
         if action.dtype not in (np.float32, np.float64) or not action.flags.c_contiguous:
             action = np.ascontiguousarray(action, dtype=np.float64)
-        config, state, p, b = self.config, self.state, self.kernel_params, self.num_envs
-        n = config.num_users
-        obs = np.empty((b, self.observer.size), dtype=np.float32)
-        env_f = np.empty((len(kernel.ENV_FLOATS), b))
-        env_i = np.empty((len(kernel.ENV_INTS), b), dtype=np.int64)
-        user_f = np.empty((len(kernel.USER_FLOATS), b, n))
-        user_i = np.empty((len(kernel.USER_INTS), b, n), dtype=np.int64)
+        config, state = self.config, self.state
         act_bits = llm.activation_bits_per_sequence(config.llm, config.workload, state.seq_len)
         token_bits = llm.token_bits_per_sequence(config.workload, state.seq_len)
-        self._kernel(0, b, action, p, state.round, state.device_rate_flops, state.device_power_w,
-                     state.server_peak_flops, state.server_power_w, state.power_max_w, state.seq_len,
-                     state.forward_flops, state.backward_flops, state.service_q0, state.service_q1, state.max_layers,
-                     state.user_pos_m, state.user_vel_mps, state.shadowing_db, state.fading, state.gain,
-                     state.data_queue, state.energy_queue, state.load_index, state.load, state.users_per_server,
-                     state.server_work_flops, act_bits, token_bits, self.randomness.states, self._poisson_cdf,
-                     self._load_levels, self._sites, self._static_obs, obs, env_f, env_i, user_f, user_i,
-                     *self._scratch)
-        info = {name: env_f[i] for i, name in enumerate(kernel.ENV_FLOATS) if name != "reward"}
-        info["stability"] = env_f[kernel.ENV_FLOATS.index("stability")]
-        info["drops"] = env_i[0]
-        info.update({name: user_f[i] for i, name in enumerate(kernel.USER_FLOATS)})
-        info.update({name: user_i[i] for i, name in enumerate(kernel.USER_INTS)})
-        info = {key: info[key] for key in INFO_KEYS}
-        info["repairs"] = {name: env_i[i] for i, name in enumerate(kernel.ENV_INTS) if i > 0}
-        return obs, env_f[0], state.round >= config.rounds, info
+        self._kernel(0, self.num_envs, action, self.kernel_params, state.round, state.device_rate_flops,
+                     state.device_power_w, state.server_peak_flops, state.server_power_w, state.power_max_w,
+                     state.seq_len, state.forward_flops, state.backward_flops, state.service_q0, state.service_q1,
+                     state.max_layers, state.user_pos_m, state.user_vel_mps, state.shadowing_db, state.fading,
+                     state.gain, state.data_queue, state.energy_queue, state.load_index, state.load,
+                     state.users_per_server, state.server_work_flops, act_bits, token_bits, self.randomness.states,
+                     self._poisson_cdf, self._load_levels, self._sites, self._static_obs, *out, *self._scratch)
 
     def validate_action(self, action: np.ndarray) -> np.ndarray:
         """Check a batch of flat actions [B, N·d_u] for shape and finiteness (raises ValueError); returns
@@ -184,19 +175,14 @@ class EdgeTrainingCore:
                 raise ValueError(f"action: expected shape {expected[1:] if self.num_envs == 1 else expected} "
                                  f"(num_users × {self.action_width // self.config.num_users} dims per user), "
                                  f"got {arr.shape}")
-        # one sum is finite when every entry is (a sum that overflows from finite values is checked entrywise)
-        with np.errstate(over="ignore"):
-            total = arr.sum()
-        if not np.isfinite(total) and not np.all(np.isfinite(arr)):
+        if arr.size <= 4096:  # small: one elementwise check (cheaper than entering errstate)
+            finite = bool(np.isfinite(arr).all())
+        else:  # one sum is finite when every entry is (a sum that overflows is checked entrywise)
+            with np.errstate(over="ignore"):
+                finite = bool(np.isfinite(arr.sum())) or bool(np.all(np.isfinite(arr)))
+        if not finite:
             raise ValueError("action: contains NaN or infinite values; actions must be finite and lie in [-1, 1]")
         return arr
-
-
-INFO_KEYS = ("energy_j", "delay_s", "stability", "scr", "energy_norm", "delay_norm", "stability_norm",
-             "budget_violation", "drop_rate", "drops", "latency_s", "energy_j_user", "energy_device_j",
-             "energy_server_j", "local_layers", "server", "sequences", "peak_memory_bytes", "data_queue",
-             "energy_queue")
-"""The per-round info entries besides ``repairs``, in order (SPEC §4.2)."""
 
 
 def info_arrays(result: StepResult, state: dynamics.SystemState) -> dict:

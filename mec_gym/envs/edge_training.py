@@ -223,7 +223,7 @@ class EdgeTrainingEnv(gym.Env):
     @staticmethod
     def _info(raw: dict) -> dict:
         """The single environment's info from the core's batch-of-one arrays: scalars as Python numbers."""
-        info = {key: (value[0] if np.ndim(value[0]) else value[0].item()) for key, value in raw.items()
+        info = {key: (value[0] if value.ndim > 1 else value[0].item()) for key, value in raw.items()
                 if key != "repairs"}
         info["repairs"] = {key: int(value[0]) for key, value in raw["repairs"].items()}
         return info

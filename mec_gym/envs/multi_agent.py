@@ -71,7 +71,9 @@ class EdgeTrainingParallelEnv(ParallelEnv):
                  render_mode: str | None = None, **overrides: Any) -> None:
         if reward_mode not in REWARD_MODES:
             raise ValueError(f"reward_mode: must be one of {REWARD_MODES}, got {reward_mode!r}")
-        self.env = EdgeTrainingEnv(scenario=scenario, config=config, render_mode=render_mode, **overrides)
+        # the numpy model: the per-user rewards need each user's metrics, which the round kernel does not return
+        self.env = EdgeTrainingEnv(scenario=scenario, config=config, render_mode=render_mode, backend="numpy",
+                                   **overrides)
         self.config = self.env.config
         self.scenario = self.env.scenario
         self.reward_mode = reward_mode

@@ -14,8 +14,13 @@ from gymnasium.vector.utils import batch_space
 
 from mec_gym.config import SystemConfig
 from mec_gym.envs.core import EdgeTrainingCore
+from mec_gym.model import kernel
 from mec_gym.model.dynamics import SystemState
 from mec_gym.scenarios import make_config
+
+
+def _run_kernel(shard: EdgeTrainingCore, chunk: np.ndarray, rows: tuple) -> None:
+    shard.run_kernel(shard.validate_action(chunk), rows)
 
 
 class EdgeTrainingVectorEnv(VectorEnv):
@@ -169,10 +174,18 @@ class EdgeTrainingVectorEnv(VectorEnv):
             self._needs_reset = np.zeros(self.num_envs, dtype=bool)
             zeros = np.zeros(self.num_envs, dtype=bool)
             return self._observation(), np.zeros(self.num_envs), zeros, zeros.copy(), {}
-        outputs = self._map(EdgeTrainingCore.step_batch, chunks)
-        obs = np.concatenate([o[0] for o in outputs]) if len(outputs) > 1 else outputs[0][0]
-        reward = np.concatenate([o[1] for o in outputs]).astype(np.float64)
-        model_truncated = np.concatenate([o[2] for o in outputs])
+        if self.backend == "kernel":  # the shards' kernels write their rows of one set of outputs
+            out = kernel.outputs(self.config, self.num_envs, self._core.observer.size)
+            rows = [kernel.rows(out, lo, hi) for lo, hi in zip(self._bounds[:-1], self._bounds[1:], strict=True)]
+            self._map(_run_kernel, chunks, rows)
+            obs, reward = out[0], out[1][0]
+            model_truncated = np.concatenate([shard.state.round for shard in self._shards]) >= self.config.rounds
+            outputs = [(None, None, None, kernel.info(out))]
+        else:
+            outputs = self._map(EdgeTrainingCore.step_batch, chunks)
+            obs = np.concatenate([o[0] for o in outputs]) if len(outputs) > 1 else outputs[0][0]
+            reward = np.concatenate([o[1] for o in outputs]).astype(np.float64)
+            model_truncated = np.concatenate([o[2] for o in outputs])
         self._steps += 1
         truncated = (self._steps >= self.max_episode_steps) | model_truncated
         terminated = np.zeros(self.num_envs, dtype=bool)

@@ -258,6 +258,43 @@ def _bounded(value: float) -> np.float32:
     return np.float32(np.minimum(np.maximum(value, 0.0), 1.0))
 
 
+def outputs(config: SystemConfig, batch: int, size: int) -> tuple:
+    """Fresh output arrays for ``batch`` environments: (obs [B, size] float32, env_f, env_i, user_f, user_i),
+    the last four tuples of one array per name in ENV_FLOATS, ENV_INTS, USER_FLOATS, USER_INTS."""
+    n = config.num_users
+    env_f = np.empty((len(ENV_FLOATS), batch))  # one block per kind: rows are contiguous views
+    env_i = np.empty((len(ENV_INTS), batch), dtype=np.int64)
+    user_f = np.empty((len(USER_FLOATS), batch, n))
+    user_i = np.empty((len(USER_INTS), batch, n), dtype=np.int64)
+    return (np.empty((batch, size), dtype=np.float32), tuple(env_f), tuple(env_i), tuple(user_f), tuple(user_i))
+
+
+def rows(out: tuple, lo: int, hi: int) -> tuple:
+    """The views of :func:`outputs` ``out`` for environments ``lo..hi-1`` (contiguous: one shard's rows)."""
+    obs, env_f, env_i, user_f, user_i = out
+    return (obs[lo:hi], tuple(a[lo:hi] for a in env_f), tuple(a[lo:hi] for a in env_i),
+            tuple(a[lo:hi] for a in user_f), tuple(a[lo:hi] for a in user_i))
+
+
+def info(out: tuple) -> dict:
+    """The info dict (SPEC §4.2, keys as :func:`mec_gym.envs.core.info_arrays`) from :func:`outputs` ``out``."""
+    _, env_f, env_i, user_f, user_i = out
+    values = dict(zip(ENV_FLOATS, env_f, strict=True))
+    values["drops"] = env_i[0]
+    values.update(zip(USER_FLOATS, user_f, strict=True))
+    values.update(zip(USER_INTS, user_i, strict=True))
+    result = {key: values[key] for key in INFO_KEYS}
+    result["repairs"] = dict(zip(ENV_INTS[1:], env_i[1:], strict=True))
+    return result
+
+
+INFO_KEYS = ("energy_j", "delay_s", "stability", "scr", "energy_norm", "delay_norm", "stability_norm",
+             "budget_violation", "drop_rate", "drops", "latency_s", "energy_j_user", "energy_device_j",
+             "energy_server_j", "local_layers", "server", "sequences", "peak_memory_bytes", "data_queue",
+             "energy_queue")
+"""The per-round info entries besides ``repairs``, in order (SPEC §4.2)."""
+
+
 def scratch(config: SystemConfig) -> tuple[np.ndarray, ...]:
     """Work arrays for one :func:`_round` call (reused across calls of one core; never shared by threads)."""
     n, m = config.num_users, config.num_servers
@@ -271,8 +308,9 @@ def _round(lo, hi, action, p, rnd, device_rate, device_power, server_peak, serve
            rng_states, poisson_cdf, load_levels, sites, static_obs, obs, env_f, env_i, user_f, user_i, int_work,
            float_work, bool_work, scores, order, counters, server_sums):
     """Step environments ``lo..hi-1`` one round in place (see the module docstring); outputs go to ``obs``
-    [B, size] float32, ``env_f`` [ENV_FLOATS, B], ``env_i`` [ENV_INTS, B], ``user_f`` [USER_FLOATS, B, N],
-    ``user_i`` [USER_INTS, B, N]; the last seven arrays are :func:`scratch`."""
+    [B, size] float32 and the tuples of arrays ``env_f`` (ENV_FLOATS, each [B]), ``env_i`` (ENV_INTS, [B]),
+    ``user_f`` (USER_FLOATS, [B, N]) and ``user_i`` (USER_INTS, [B, N]) (:func:`outputs`); the last seven
+    arrays are :func:`scratch`."""
     n_users, n_servers, layers = p.users, p.servers, p.layers
     split0, local, server, assigned = int_work[0], int_work[1], int_work[2], int_work[3]
     power, bandwidth, compute_share, frequency = float_work[0], float_work[1], float_work[2], float_work[3]
@@ -425,13 +463,13 @@ def _round(lo, hi, action, p, rnd, device_rate, device_power, server_peak, serve
             per_user[2, n] = service
             per_user[3, n] = costs.scr_denominator(latency, energy_user, p.w_delay, p.w_energy, p.ref_latency,
                                                    p.ref_energy_user)
-            user_f[0, b, n] = latency
-            user_f[1, b, n] = energy_user
-            user_f[2, b, n] = energy_device
-            user_f[3, b, n] = energy_server
-            user_f[4, b, n] = seqs
-            user_i[0, b, n] = local[n]
-            user_i[1, b, n] = m
+            user_f[0][b, n] = latency
+            user_f[1][b, n] = energy_user
+            user_f[2][b, n] = energy_device
+            user_f[3][b, n] = energy_server
+            user_f[4][b, n] = seqs
+            user_i[0][b, n] = local[n]
+            user_i[1][b, n] = m
             stability_user[n] = stability
         # ---------------------------------------------------------------- reward (costs.reward_terms)
         energy_j = pairwise_sum(per_user[0], 0, n_users)
@@ -452,7 +490,7 @@ def _round(lo, hi, action, p, rnd, device_rate, device_power, server_peak, serve
         violation = 0.0
         if p.budget > 0:
             for n in range(n_users):
-                per_user[3, n] = costs.budget_violation(user_f[2, b, n], p.budget)
+                per_user[3, n] = costs.budget_violation(user_f[2][b, n], p.budget)
             violation = pairwise_sum(per_user[3], 0, n_users) / n_users
         drop_rate = drops / n_users
         penalty = costs.penalties(violation, drop_rate, p.w_budget, p.w_drop)
@@ -461,21 +499,21 @@ def _round(lo, hi, action, p, rnd, device_rate, device_power, server_peak, serve
         else:
             reward = -costs.weighted_cost(energy_norm, delay_norm, stability_norm, p.w_energy, p.w_delay,
                                           p.w_stability) - penalty
-        env_f[0, b] = reward
-        env_f[1, b] = energy_j
-        env_f[2, b] = delay_s
-        env_f[3, b] = stability_mean
-        env_f[4, b] = scr
-        env_f[5, b] = energy_norm
-        env_f[6, b] = delay_norm
-        env_f[7, b] = stability_norm
-        env_f[8, b] = violation
-        env_f[9, b] = drop_rate
-        env_f[10, b] = peak_memory
-        env_i[0, b] = drops
-        env_i[1, b] = rep_split
-        env_i[2, b] = rep_memory
-        env_i[3, b] = rep_capacity
+        env_f[0][b] = reward
+        env_f[1][b] = energy_j
+        env_f[2][b] = delay_s
+        env_f[3][b] = stability_mean
+        env_f[4][b] = scr
+        env_f[5][b] = energy_norm
+        env_f[6][b] = delay_norm
+        env_f[7][b] = stability_norm
+        env_f[8][b] = violation
+        env_f[9][b] = drop_rate
+        env_f[10][b] = peak_memory
+        env_i[0][b] = drops
+        env_i[1][b] = rep_split
+        env_i[2][b] = rep_memory
+        env_i[3][b] = rep_capacity
 
         # ---------------------------------------------------------------- transition (dynamics.transition)
         state = rng.load_state(rng_states, b)  # draws in RoundRandomness.draw's order: normals, then uniforms
@@ -517,14 +555,14 @@ def _round(lo, hi, action, p, rnd, device_rate, device_power, server_peak, serve
             load[b, m] = load_levels[load_index[b, m]]
         for n in range(n_users):
             draw, state = rng.uniform(state)
-            trained = 0.0 if dropped[n] else user_f[4, b, n] * iterations
+            trained = 0.0 if dropped[n] else user_f[4][b, n] * iterations
             if p.arrivals:
                 arrivals = _count_at_most(poisson_cdf, draw)
                 data_queue[b, n] = data_queue[b, n] - trained + arrivals
             if p.budget > 0:
-                energy_queue[b, n] = np.maximum(energy_queue[b, n] + user_f[2, b, n] - p.budget, 0.0)
-            user_f[5, b, n] = data_queue[b, n]
-            user_f[6, b, n] = energy_queue[b, n]
+                energy_queue[b, n] = np.maximum(energy_queue[b, n] + user_f[2][b, n] - p.budget, 0.0)
+            user_f[5][b, n] = data_queue[b, n]
+            user_f[6][b, n] = energy_queue[b, n]
         rng.store_state(rng_states, b, state)
         for m in range(n_servers):
             users_per_server[b, m] = 0.0
