@@ -265,6 +265,7 @@ def bench_speed(
     workers: Annotated[str, typer.Option(help="comma-separated thread counts of the native env")] = "1,2",
     seconds: Annotated[float, typer.Option(help="minimum seconds per measurement")] = 2.0,
     out: Annotated[Path, typer.Option(help="output folder")] = Path("runs/speed"),
+    backend: Annotated[str, typer.Option(help="auto, kernel or numpy: what steps Box actions")] = "auto",
 ) -> None:
     """Env-steps/s with random actions: single env, SyncVectorEnv, native batched env; peak bytes per env."""
     import mec_gym
@@ -279,14 +280,14 @@ def bench_speed(
     names = list(mec_gym.ENV_IDS.values()) if scenario == "all" else [scenario]
     try:
         rows = speed.run(names, ints(num_envs), ints(sync_envs), ints(workers), seconds,
-                         progress=lambda label: console.log(label))
+                         progress=lambda label: console.log(label), backend=backend)
     except ValueError as error:
         raise typer.BadParameter(str(error)) from error
     table = Table(title="environment speed (random actions)")
-    for col in ("scenario", "kind", "num_envs", "threads", "env-steps/s", "peak bytes/env"):
+    for col in ("scenario", "kind", "backend", "num_envs", "threads", "env-steps/s", "peak bytes/env"):
         table.add_column(col, justify="right")
     for r in rows:
-        table.add_row(r.scenario, r.kind, str(r.num_envs), str(r.workers), f"{r.steps_per_s:,.0f}",
+        table.add_row(r.scenario, r.kind, r.backend, str(r.num_envs), str(r.workers), f"{r.steps_per_s:,.0f}",
                       "—" if np.isnan(r.peak_bytes_per_env) else f"{r.peak_bytes_per_env:,.0f}")
     console.print(table)
     paths = speed.write(rows, out)

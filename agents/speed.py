@@ -2,7 +2,8 @@
 
 Measures env-steps/s with uniformly random actions for: the single environment, Gymnasium's
 ``SyncVectorEnv`` over single environments, and the native batched environment at several
-``num_envs`` (1 worker and, where it helps, one thread per core); plus the peak memory a
+``num_envs`` (1 worker and, where it helps, one thread per core), with the backend that stepped them
+(the compiled round kernel or the numpy model); plus the peak memory a
 batched environment allocates (tracemalloc, which sees numpy's buffers), reported per env.
 """
 
@@ -32,6 +33,7 @@ class SpeedRow:
     workers: int
     steps_per_s: float
     peak_bytes_per_env: float
+    backend: str = "auto"  # what stepped the Box actions: kernel or numpy (mec_gym.model.kernel)
 
 
 def env_id(scenario: str) -> str:
@@ -52,8 +54,8 @@ def _time_steps(step: Callable[[], None], min_seconds: float, min_calls: int) ->
     return time.perf_counter() - start, calls
 
 
-def measure_single(scenario: str, seconds: float) -> SpeedRow:
-    env = gym.make(env_id(scenario))
+def measure_single(scenario: str, seconds: float, backend: str | None = None) -> SpeedRow:
+    env = gym.make(env_id(scenario), backend=backend)
     env.reset(seed=0)
     actions = np.random.default_rng(0).uniform(-1, 1, (64, *env.action_space.shape)).astype(np.float32)
     counter = iter(range(10**12))
@@ -63,41 +65,45 @@ def measure_single(scenario: str, seconds: float) -> SpeedRow:
             env.reset()
 
     elapsed, calls = _time_steps(step, seconds, 50)
-    return SpeedRow(scenario, "single", 1, 1, calls / elapsed, float("nan"))
+    return SpeedRow(scenario, "single", 1, 1, calls / elapsed, float("nan"), env.unwrapped.backend)
 
 
-def measure_sync(scenario: str, num_envs: int, seconds: float) -> SpeedRow:
-    venv = gym.make_vec(env_id(scenario), num_envs=num_envs, vectorization_mode="sync")
+def measure_sync(scenario: str, num_envs: int, seconds: float, backend: str | None = None) -> SpeedRow:
+    venv = gym.make_vec(env_id(scenario), num_envs=num_envs, vectorization_mode="sync", backend=backend)
     venv.reset(seed=0)
     actions = np.random.default_rng(0).uniform(-1, 1, venv.action_space.shape).astype(np.float32)
     elapsed, calls = _time_steps(lambda: venv.step(actions), seconds, 3)
+    used = venv.envs[0].unwrapped.backend
     venv.close()
-    return SpeedRow(scenario, "sync", num_envs, 1, num_envs * calls / elapsed, float("nan"))
+    return SpeedRow(scenario, "sync", num_envs, 1, num_envs * calls / elapsed, float("nan"), used)
 
 
-def measure_native(scenario: str, num_envs: int, workers: int, seconds: float) -> SpeedRow:
+def measure_native(scenario: str, num_envs: int, workers: int, seconds: float,
+                   backend: str | None = None) -> SpeedRow:
     gc.collect()
     tracemalloc.start()
-    venv = gym.make_vec(env_id(scenario), num_envs=num_envs, workers=workers)
+    venv = gym.make_vec(env_id(scenario), num_envs=num_envs, workers=workers, backend=backend)
     venv.reset(seed=0)
     actions = np.random.default_rng(0).uniform(-1, 1, venv.action_space.shape).astype(np.float32)
     venv.step(actions)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     elapsed, calls = _time_steps(lambda: venv.step(actions), seconds, 3)
+    used = venv.unwrapped.backend
     venv.close()
-    return SpeedRow(scenario, "native", num_envs, workers, num_envs * calls / elapsed, peak / num_envs)
+    return SpeedRow(scenario, "native", num_envs, workers, num_envs * calls / elapsed, peak / num_envs, used)
 
 
 def run(scenarios: Sequence[str], num_envs: Sequence[int], sync_envs: Sequence[int], workers: Sequence[int],
-        seconds: float, progress: Callable[[str], None] | None = None) -> list[SpeedRow]:
-    """All measurements for the given scenarios (each ``seconds`` long at least)."""
+        seconds: float, progress: Callable[[str], None] | None = None, backend: str | None = None) -> list[SpeedRow]:
+    """All measurements for the given scenarios (each ``seconds`` long at least); ``backend`` as for the envs."""
     rows: list[SpeedRow] = []
     for scenario in scenarios:
         env_id(scenario)
-        jobs: list[tuple[str, Callable[[], SpeedRow]]] = [("single", lambda s=scenario: measure_single(s, seconds))]
-        jobs += [(f"sync {n}", lambda s=scenario, n=n: measure_sync(s, n, seconds)) for n in sync_envs]
-        jobs += [(f"native {n}×{w}", lambda s=scenario, n=n, w=w: measure_native(s, n, w, seconds))
+        jobs: list[tuple[str, Callable[[], SpeedRow]]] = [
+            ("single", lambda s=scenario: measure_single(s, seconds, backend))]
+        jobs += [(f"sync {n}", lambda s=scenario, n=n: measure_sync(s, n, seconds, backend)) for n in sync_envs]
+        jobs += [(f"native {n}×{w}", lambda s=scenario, n=n, w=w: measure_native(s, n, w, seconds, backend))
                  for n in num_envs for w in workers if w <= n]
         for label, job in jobs:
             if progress:

@@ -19,7 +19,17 @@ def test_bench_speed_writes_csv_with_every_kind(tmp_path) -> None:
     kinds = {(r["kind"], r["num_envs"], r["workers"]) for r in rows}
     assert kinds == {("single", "1", "1"), ("sync", "2", "1"), ("native", "8", "1"), ("native", "8", "2")}
     assert all(float(r["steps_per_s"]) > 0 for r in rows)
+    assert {r["backend"] for r in rows} == {"kernel"}  # default: the compiled kernel where it applies
     assert (tmp_path / "speed.png").stat().st_size > 0
+
+
+def test_bench_speed_backend_option(tmp_path) -> None:
+    result = runner.invoke(app, ["bench", "speed", "--num-envs", "4", "--sync-envs", "2", "--workers", "1",
+                                 "--seconds", "0.05", "--backend", "numpy", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert {r["backend"] for r in csv.DictReader(open(tmp_path / "speed.csv", encoding="utf-8"))} == {"numpy"}
+    result = runner.invoke(app, ["bench", "speed", "--backend", "gpu", "--seconds", "0.05", "--out", str(tmp_path)])
+    assert result.exit_code != 0 and "backend" in result.output
 
 
 def test_bench_speed_rejects_unknown_scenario(tmp_path) -> None:

@@ -70,13 +70,19 @@ class EdgeTrainingEnv(gym.Env):
 
     ## Arguments
     ``gym.make("mec_gym/EdgeTraining-v0", scenario="default", config=None, render_mode=None,
-    observation_mode="flat", **overrides)``: ``scenario`` names a preset of
+    observation_mode="flat", backend=None, **overrides)``: ``scenario`` names a preset of
     ``mec_gym.scenarios``; ``config`` replaces it with a ``SystemConfig``; ``overrides`` set
     any config field by dotted name (``num_users=20``, ``**{"weights.energy": 2}``), validated
-    with clear errors. ``render_mode`` is ``"rgb_array"`` or ``"human"``.
+    with clear errors. ``render_mode`` is ``"rgb_array"`` or ``"human"``. ``backend``:
+    ``"kernel"`` steps Box actions through the compiled round kernel (:mod:`mec_gym.model.kernel`),
+    ``"numpy"`` through the numpy model, ``None``/``"auto"`` the kernel where it supports the
+    scenario (one device per user) unless the environment variable ``MEC_GYM_BACKEND`` says
+    otherwise; the numbers are the same. Rendering and ``step_decision`` use the numpy model.
 
     ## Version History
-    * v0: initial release.
+    * v0: initial release. Round innovations come from per-environment xoshiro256** streams
+      (:mod:`mec_gym.model.rng`); episodes of ``default`` and ``collapipe`` after their first round
+      differ from the first builds', which drew them with numpy generators.
     """
 
     metadata = {"render_modes": ["human", "rgb_array"], "render_fps": 4}
