@@ -594,7 +594,7 @@ _kernel = None
 
 
 def compiled():
-    """The compiled kernel (built on first use, ~10 s; numba caches the machine code next to this file)."""
+    """The compiled kernel (built on first use, 10-20 s; numba caches the machine code next to this file)."""
     global _kernel
     if _kernel is None:
         _kernel = compile_cached(_round, nogil=True, error_model="numpy", _nrt=False)

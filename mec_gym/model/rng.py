@@ -94,20 +94,24 @@ def uniform(state: tuple) -> tuple:
 
 
 @jitable
-def normal(state: tuple) -> tuple:
-    """(a standard normal draw, next state) by the 256-layer ziggurat.
-
-    A draw picks a layer (bits 0-7), a sign (bit 8) and a 52-bit magnitude (bits 9-60); inside the layer's
-    core rectangle (~99 % of draws) it is accepted at once, else :func:`_normal_rejected` decides and draws
-    again.
-    """
+def _ziggurat_candidate(state: tuple) -> tuple:
+    """One ziggurat draw: (x, whether it lies in its layer's core rectangle, layer, next state). A draw picks a
+    layer (bits 0-7), a sign (bit 8) and a 52-bit magnitude (bits 9-60)."""
     r, state = next_u64(state)
     layer = np.int64(r & _U(0xFF))
     magnitude = np.int64((r >> _U(9)) & _U(0x000FFFFFFFFFFFFF))
     x = float(magnitude) * ZIGGURAT_W[layer]
     if (r & _U(0x100)) != _U(0):
         x = -x
-    if magnitude < ZIGGURAT_K[layer]:
+    return x, magnitude < ZIGGURAT_K[layer], layer, state
+
+
+@jitable
+def normal(state: tuple) -> tuple:
+    """(a standard normal draw, next state) by the 256-layer ziggurat: a candidate in its layer's core
+    (~99 % of draws) is accepted at once, else :func:`_normal_rejected` decides and draws again."""
+    x, core, layer, state = _ziggurat_candidate(state)
+    if core:
         return x, state
     return _normal_rejected(state, layer, x)
 
@@ -127,13 +131,8 @@ def _normal_rejected(state: tuple, layer: int, x: float) -> tuple:
         u, state = uniform(state)
         if (ZIGGURAT_F[layer - 1] - ZIGGURAT_F[layer]) * u + ZIGGURAT_F[layer] < np.exp(-0.5 * x * x):
             return x, state
-        r, state = next_u64(state)
-        layer = np.int64(r & _U(0xFF))
-        magnitude = np.int64((r >> _U(9)) & _U(0x000FFFFFFFFFFFFF))
-        x = float(magnitude) * ZIGGURAT_W[layer]
-        if (r & _U(0x100)) != _U(0):
-            x = -x
-        if magnitude < ZIGGURAT_K[layer]:
+        x, core, layer, state = _ziggurat_candidate(state)
+        if core:
             return x, state
 
 
