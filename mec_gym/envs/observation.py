@@ -31,7 +31,8 @@ from mec_gym import catalog
 from mec_gym.config import SystemConfig
 from mec_gym.model import llm
 from mec_gym.model.dynamics import SystemState
-from mec_gym.model.numeric import LARGE, LN10, jitable
+from mec_gym.model.features import gain_feature, saturating
+from mec_gym.model.numeric import LARGE
 
 
 class ObservationBuilder:
@@ -152,15 +153,3 @@ class ObservationBuilder:
         """Split flat observations ([B, size] or [size]) into the named fields."""
         lead = flat.shape[:-1]
         return {name: flat[..., sl].reshape(*lead, *shape) for name, (sl, shape, _, _) in self.layout.items()}
-
-
-@jitable
-def gain_feature(gain: np.ndarray) -> np.ndarray:
-    """(10·log10 g + 100)/50 of a linear gain g, unclipped (``flat`` clips every field to its bounds)."""
-    return np.log(np.maximum(gain, 1e-30)) * (0.2 / LN10) + 2.0  # 0.2·log10 g, via the faster ln
-
-
-@jitable
-def saturating(value: np.ndarray, reference: float) -> np.ndarray:
-    """x/(x + x_ref) ∈ [0, 1) of a non-negative quantity (queues, server work)."""
-    return value / (value + reference)

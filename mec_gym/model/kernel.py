@@ -35,8 +35,8 @@ from collections import namedtuple
 import numpy as np
 
 from mec_gym.config import SystemConfig
-from mec_gym.envs.observation import gain_feature, saturating
 from mec_gym.model import channel, compute, costs, decision, dynamics, llm, pipeline, reference, rng
+from mec_gym.model.features import gain_feature, saturating
 from mec_gym.model.numeric import HAVE_NUMBA, PAIRWISE_MAX, compile_cached, divide_where, jitable, pairwise_sum
 
 _FLOAT_PARAMS = (
@@ -95,7 +95,7 @@ def enabled(config: SystemConfig, backend: str | None = None) -> bool:
 
 def params(config: SystemConfig, layout: dict) -> KernelParams:
     """The kernel's numbers for ``config``; ``layout`` is the observation layout (ObservationBuilder.layout)."""
-    from mec_gym.envs.observation import ObservationBuilder
+    from mec_gym.envs.observation import ObservationBuilder  # the reference scale of the server-work feature
 
     radio, srv, wl, geo, w, dev = config.radio, config.server, config.workload, config.geometry, config.weights, \
         config.device

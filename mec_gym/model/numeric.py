@@ -47,7 +47,7 @@ def compile_cached(function, **options):
 
     dispatcher = numba.njit(cache=True, **options)(function)
     here = Path(__file__).resolve().parent
-    sources = sorted(here.glob("*.py")) + [here.parent / "envs" / "observation.py"]
+    sources = sorted(here.glob("*.py"))
     digest = hashlib.sha256(numba.__version__.encode())
     for path in sources:
         digest.update(path.read_bytes())
