@@ -161,3 +161,25 @@ def test_kernel_rejects_bad_actions_like_numpy() -> None:
     with pytest.raises(ValueError, match="actions: expected shape"):
         env.step(np.zeros((3, 2)))
     env.close()
+
+
+@pytest.mark.parametrize("backend", ["kernel", "numpy"])
+def test_split_repair_keeps_every_layer_when_memory_is_short(backend: str) -> None:
+    """A node whose memory holds fewer than split_min_local layers: the repair places what fits and leaves
+    the rest on the server, so the layers still sum to Υ (both backends)."""
+    config = make_config("default", split_min_local=3)
+    core = EdgeTrainingCore(config, 2, backend)
+    core.reset(np.arange(2), [np.random.default_rng(i) for i in range(2)])
+    core.state.max_layers[:, 0, 0] = 1  # user 0's phone holds one layer
+    action = np.full((2, core.action_width), -1.0)  # split weights 0: equal split, then repaired
+    _, _, _, info = core.step_batch(action)
+    assert np.all(info["local_layers"][:, 0] == 1)
+    assert np.all(info["repairs"]["split_min_local"] >= 1)
+    from mec_gym.model import decision
+
+    core2 = EdgeTrainingCore(config, 2, "numpy")
+    core2.reset(np.arange(2), [np.random.default_rng(i) for i in range(2)])
+    core2.state.max_layers[:, 0, 0] = 1
+    d, _ = decision.decode(config, core2.state, action)
+    assert np.all(d.split.sum(axis=-1) == config.num_layers)
+    assert np.all(d.split[:, 0, 1] == 1)

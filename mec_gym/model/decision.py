@@ -330,8 +330,10 @@ def _repair_split(config: SystemConfig, state: SystemState, split: np.ndarray,
     short = deficit > 0
     if short.any():
         repairs["split_min_local"] += short.sum(axis=-1)
-        device = device + place_local_layers(deficit, state.max_layers - device)
-    return np.concatenate([(server - deficit)[..., None], device], axis=-1)
+        placed = place_local_layers(deficit, state.max_layers - device)
+        device = device + placed
+        server = server - placed.sum(axis=-1)  # what the nodes cannot hold stays on the server: Σ = Υ
+    return np.concatenate([server[..., None], device], axis=-1)
 
 
 def encode(config: SystemConfig, state: SystemState, decision: Decision) -> np.ndarray:

@@ -358,10 +358,11 @@ def _round(lo, hi, action, p, rnd, device_rate, device_power, server_peak, serve
                     rep_memory += 1
                 server_layers += carry
                 deficit = min(max(p.split_min_local - keep, 0), server_layers)
-                if deficit > 0:  # taken from the server, placed within node 1's memory (as _repair_split)
+                if deficit > 0:  # moved from the server to node 1, within its memory (as _repair_split)
                     rep_split += 1
-                    keep += min(deficit, max_layers[b, n, 0] - keep)
-                    server_layers -= deficit
+                    placed = min(deficit, max_layers[b, n, 0] - keep)
+                    keep += placed
+                    server_layers -= placed
                 split0[n] = server_layers
                 local[n] = keep
             else:
