@@ -12,7 +12,7 @@ import numpy as np
 
 from mec_gym.config import SystemConfig
 from mec_gym.envs.observation import ObservationBuilder
-from mec_gym.model import costs, decision, dynamics, kernel, llm, reference, rng
+from mec_gym.model import costs, decision, dynamics, kernel, reference, rng
 
 
 @dataclass
@@ -39,7 +39,7 @@ class EdgeTrainingCore:
         self._spawned: list[list | None] = [None] * num_envs  # per environment: [generator, entropy prefix, children]
         self.state: dynamics.SystemState | None = None
         self.action_width = config.num_users * decision.action_dim_per_user(config)
-        self.kernel_params = kernel.params(config, self.observer.layout) if kernel.enabled(config, backend) else None
+        self.kernel_params = kernel.params(config, self.observer) if kernel.enabled(config, backend) else None
         if self.kernel_params is not None:
             self._kernel = kernel.compiled()
             self._static_obs = np.zeros((num_envs, self.observer.size), dtype=np.float32)
@@ -152,15 +152,13 @@ class EdgeTrainingCore:
         or :func:`kernel.rows` of a larger batch); ``action`` [B, N·d_u] must be validated (it is clipped here)."""
         if action.dtype not in (np.float32, np.float64) or not action.flags.c_contiguous:
             action = np.ascontiguousarray(action, dtype=np.float64)
-        config, state = self.config, self.state
-        act_bits = llm.activation_bits_per_sequence(config.llm, config.workload, state.seq_len)
-        token_bits = llm.token_bits_per_sequence(config.workload, state.seq_len)
+        state = self.state
         self._kernel(0, self.num_envs, action, self.kernel_params, state.round, state.device_rate_flops,
                      state.device_power_w, state.server_peak_flops, state.server_power_w, state.power_max_w,
                      state.seq_len, state.forward_flops, state.backward_flops, state.service_q0, state.service_q1,
                      state.max_layers, state.user_pos_m, state.user_vel_mps, state.shadowing_db, state.fading,
                      state.gain, state.data_queue, state.energy_queue, state.load_index, state.load,
-                     state.users_per_server, state.server_work_flops, act_bits, token_bits, self.randomness.states,
+                     state.users_per_server, state.server_work_flops, self.randomness.states,
                      self._poisson_cdf, self._load_levels, self._sites, self._static_obs, *out, *self._scratch)
 
     def validate_action(self, action: np.ndarray) -> np.ndarray:

@@ -146,7 +146,7 @@ class EdgeTrainingVectorEnv(VectorEnv):
         if self._pool is None or len(jobs) < 2:
             for shard, local, generators in jobs:
                 shard.reset(local, generators)
-        else:  # shards draw their first blocks of innovations in parallel
+        else:  # shards reset in parallel (the compiled seeding releases the GIL)
             list(self._pool.map(lambda job: job[0].reset(job[1], job[2]), jobs))
         self._steps[indices] = 0
         self._needs_reset[indices] = False
@@ -169,7 +169,7 @@ class EdgeTrainingVectorEnv(VectorEnv):
         if self.autoreset_mode == AutoresetMode.NEXT_STEP and resetting.all():
             # every sub-environment only resets this step: its round would be discarded, so skip it
             for shard, chunk in zip(self._shards, chunks, strict=True):
-                shard.check_action(chunk)  # the same errors as a stepped round
+                shard.validate_action(chunk)  # the same errors as a stepped round
             self._reset_indices(np.arange(self.num_envs))
             self._needs_reset = np.zeros(self.num_envs, dtype=bool)
             zeros = np.zeros(self.num_envs, dtype=bool)

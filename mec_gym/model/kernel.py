@@ -51,7 +51,8 @@ _FLOAT_PARAMS = (
 _INT_PARAMS = (
     "users", "servers", "layers", "rounds", "width", "o_split", "o_server", "o_power", "o_bandwidth",
     "o_compute", "o_frequency", "o_microbatches", "split_min_local", "capacity", "max_microbatches",
-    "microbatches", "iterations", "stability_samples", "hidden", "delay_aggregate", "obs_gain", "obs_data_queue",
+    "microbatches", "iterations", "stability_samples", "hidden", "activation_bits", "token_bits",
+    "delay_aggregate", "obs_gain", "obs_data_queue",
     "obs_energy_queue", "obs_load", "obs_users", "obs_work", "obs_static_start", "obs_static_stop", "obs_round",
 )
 _BOOL_PARAMS = ("downlink", "head_on_server", "time_share", "scr", "fading", "arrivals")
@@ -93,10 +94,9 @@ def enabled(config: SystemConfig, backend: str | None = None) -> bool:
     return choice != "numpy" and supports(config)
 
 
-def params(config: SystemConfig, layout: dict) -> KernelParams:
-    """The kernel's numbers for ``config``; ``layout`` is the observation layout (ObservationBuilder.layout)."""
-    from mec_gym.envs.observation import ObservationBuilder  # the reference scale of the server-work feature
-
+def params(config: SystemConfig, observer) -> KernelParams:
+    """The kernel's numbers for ``config``; ``observer`` is the env's ObservationBuilder (layout and scales)."""
+    layout = observer.layout
     radio, srv, wl, geo, w, dev = config.radio, config.server, config.workload, config.geometry, config.weights, \
         config.device
     scales = reference.reference_scales(config)
@@ -104,8 +104,7 @@ def params(config: SystemConfig, layout: dict) -> KernelParams:
     for name, width in decision.field_dims(config).items():
         offsets[name] = start
         start += width
-    builder = ObservationBuilder(config)
-    frozen = 0.0 if wl.peft == "full" else 2.0 * llm.frozen_params_per_layer(config.llm)
+    frozen, trainable = llm.weight_state_bytes(config.llm, wl)
     static = [layout[name][0] for name in ("server_capability", "device_capability", "device_memory", "power_max",
                                            "sequence_length", "d2d_gain_db", "service_q0", "service_q1")
               if name in layout]
@@ -115,7 +114,7 @@ def params(config: SystemConfig, layout: dict) -> KernelParams:
         downlink_power=srv.downlink_power_w, utilization=srv.utilization, saturation_seconds=srv.saturation_seconds,
         utilization_exponent=srv.utilization_exponent,
         adapter_bits=llm.adapter_upload_bits_per_layer(config.llm, wl), frozen_bytes=frozen,
-        trainable_bytes=16.0 * llm.trainable_params_per_layer(config.llm, wl),
+        trainable_bytes=trainable,
         bytes_per_element=wl.activation_bytes_per_element, batch_max=wl.batch_max, deadline=wl.deadline_s,
         budget=wl.energy_budget_j, server_energy_weight=config.server_energy_weight, lipschitz=wl.lipschitz,
         w_energy=w.energy, w_delay=w.delay, w_stability=w.stability, w_budget=w.budget, w_drop=w.drop,
@@ -125,7 +124,7 @@ def params(config: SystemConfig, layout: dict) -> KernelParams:
         dt=geo.round_duration_s, shadowing_db=radio.shadowing_db, shadowing_correlation=radio.shadowing_correlation,
         fading_correlation=radio.fading_correlation, pathloss_a=radio.pathloss_db_at_1km,
         pathloss_b=radio.pathloss_exponent_db, min_distance=radio.min_distance_m,
-        stay_probability=srv.load_stay_probability, work_ref=builder.work_ref, overhead=wl.overhead_s,
+        stay_probability=srv.load_stay_probability, work_ref=observer.work_ref, overhead=wl.overhead_s,
         users=config.num_users, servers=config.num_servers, layers=config.num_layers,
         rounds=config.rounds, width=decision.action_dim_per_user(config),
         o_split=offsets.get("split", -1), o_server=offsets.get("server", -1), o_power=offsets.get("power", -1),
@@ -133,7 +132,8 @@ def params(config: SystemConfig, layout: dict) -> KernelParams:
         o_frequency=offsets.get("frequency", -1), o_microbatches=offsets.get("microbatches", -1),
         split_min_local=config.split_min_local, capacity=srv.capacity, max_microbatches=wl.max_microbatches,
         microbatches=wl.microbatches, iterations=wl.local_iterations, stability_samples=wl.stability_samples,
-        hidden=config.llm.hidden, delay_aggregate=("mean", "max", "sum").index(config.delay_aggregate),
+        hidden=config.llm.hidden, activation_bits=wl.activation_bits, token_bits=wl.token_bits,
+        delay_aggregate=("mean", "max", "sum").index(config.delay_aggregate),
         obs_gain=layout["channel_gain_db"][0].start, obs_data_queue=layout["data_queue"][0].start,
         obs_energy_queue=layout["energy_queue"][0].start, obs_load=layout["server_load"][0].start,
         obs_users=layout["users_per_server"][0].start, obs_work=layout["server_work"][0].start,
@@ -304,7 +304,7 @@ def scratch(config: SystemConfig) -> tuple[np.ndarray, ...]:
 
 def _round(lo, hi, action, p, rnd, device_rate, device_power, server_peak, server_power, power_max, seq_len,
            forward_flops, backward_flops, service_q0, service_q1, max_layers, pos, vel, shadowing, fading, gain,
-           data_queue, energy_queue, load_index, load, users_per_server, server_work, act_bits, token_bits,
+           data_queue, energy_queue, load_index, load, users_per_server, server_work,
            rng_states, poisson_cdf, load_levels, sites, static_obs, obs, env_f, env_i, user_f, user_i, int_work,
            float_work, bool_work, scores, order, counters, server_sums):
     """Step environments ``lo..hi-1`` one round in place (see the module docstring); outputs go to ``obs``
@@ -427,12 +427,14 @@ def _round(lo, hi, action, p, rnd, device_rate, device_power, server_peak, serve
             band = p.bandwidth_hz * bandwidth[n]
             uplink_rate = channel.shannon_rate(band, g, power[n], p.noise)
             in_chain = (split0[n] > 0) or p.head_on_server
-            up_bits = costs.uplink_bits(seqs, local[n], act_bits[b, n], token_bits[b, n], in_chain)
+            act_bits = llm.sequence_bits(seq_len[b, n], p.hidden, p.activation_bits)
+            up_bits = costs.uplink_bits(seqs, local[n], act_bits, llm.sequence_bits(seq_len[b, n], 1, p.token_bits),
+                                        in_chain)
             up_t, up_e = channel.transmission(up_bits, uplink_rate, power[n])
             down_t, down_e = 0.0, 0.0
             if p.downlink:
                 downlink_rate = channel.shannon_rate(band, g, p.downlink_power, p.noise)
-                down_bits = costs.downlink_bits(seqs, local[n], act_bits[b, n], in_chain)
+                down_bits = costs.downlink_bits(seqs, local[n], act_bits, in_chain)
                 down_t, down_e = channel.transmission(down_bits, downlink_rate, p.downlink_power)
             agg_bits = costs.aggregation_bits(seqs, local[n], p.adapter_bits)
             agg_t, agg_e = channel.transmission(agg_bits, uplink_rate, power[n])

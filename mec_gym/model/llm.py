@@ -75,12 +75,19 @@ def backward_flops_per_sequence(spec: LLMSpec, workload: WorkloadConfig, seq_len
 
 def activation_bits_per_sequence(spec: LLMSpec, workload: WorkloadConfig, seq_len: np.ndarray) -> np.ndarray:
     """Cut-layer activation (and its gradient) payload per sequence: a = ℓ·h·q_act bits (SPEC §3.3)."""
-    return np.asarray(seq_len, dtype=np.float64) * spec.hidden * workload.activation_bits
+    return sequence_bits(seq_len, spec.hidden, workload.activation_bits)
 
 
 def token_bits_per_sequence(workload: WorkloadConfig, seq_len: np.ndarray) -> np.ndarray:
     """Raw-token payload of an α = 0 user: ℓ·32 bits per sequence (SPEC §3.3)."""
-    return np.asarray(seq_len, dtype=np.float64) * workload.token_bits
+    return sequence_bits(seq_len, 1, workload.token_bits)
+
+
+@jitable
+def sequence_bits(seq_len: np.ndarray, values_per_token: int, bits_per_value: int) -> np.ndarray:
+    """Payload of one sequence of ℓ tokens with ``values_per_token`` values of ``bits_per_value`` bits each:
+    ℓ·values·bits (activations: values = h; raw tokens: values = 1)."""
+    return as_float(seq_len) * values_per_token * bits_per_value
 
 
 def adapter_upload_bits_per_layer(spec: LLMSpec, workload: WorkloadConfig) -> float:
@@ -97,9 +104,17 @@ def layer_memory_bytes(spec: LLMSpec, workload: WorkloadConfig, sequences: np.nd
     sequence (Korthikanti et al. 2022: 34 B per element in fp16 with memory-efficient attention).
     GPipe keeps every micro-batch in flight, so ``sequences`` is the round's batch.
     """
-    frozen = 0.0 if workload.peft == "full" else 2.0 * frozen_params_per_layer(spec)  # full: the trainable copy
-    return training_memory_bytes(frozen, 16.0 * trainable_params_per_layer(spec, workload),
-                                 workload.activation_bytes_per_element, spec.hidden, seq_len, sequences)
+    frozen, trainable = weight_state_bytes(spec, workload)
+    return training_memory_bytes(frozen, trainable, workload.activation_bytes_per_element, spec.hidden, seq_len,
+                                 sequences)
+
+
+def weight_state_bytes(spec: LLMSpec, workload: WorkloadConfig) -> tuple[float, float]:
+    """(frozen, trainable) bytes of one layer's weights: frozen weights in fp16 (2 B/param; none under full
+    fine-tuning, where the trainable copy holds them) and trainable parameters with gradients and Adam
+    state (16 B/param)."""
+    frozen = 0.0 if workload.peft == "full" else 2.0 * frozen_params_per_layer(spec)
+    return frozen, 16.0 * trainable_params_per_layer(spec, workload)
 
 
 @jitable
