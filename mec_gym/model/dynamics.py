@@ -160,13 +160,6 @@ def episode_draw_count(config: SystemConfig) -> int:
             + n * k * 5 + m * 4 + n + n + n * m * 2 + n + m)
 
 
-def draw_episode_uniforms(config: SystemConfig, generators: list[np.random.Generator]) -> np.ndarray:
-    """One call per environment: the flat uniforms its initial state is built from, [B, n] (each generator:
-    the episode generator spawned at reset, see the module docstring)."""
-    count = episode_draw_count(config)
-    return np.stack([g.random(count) for g in generators])
-
-
 def _device_draws(config: SystemConfig, cur: _Cursor, shape: tuple[int, ...]) -> tuple[np.ndarray, ...]:
     spec = config.device
     u_a, u_b, u_c, u_d, u_e = (cur.take(*shape) for _ in range(5))
