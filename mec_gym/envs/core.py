@@ -147,19 +147,25 @@ class EdgeTrainingCore:
         self.run_kernel(self.validate_action(actions), out)
         return out[0], out[1][0], self.state.round >= self.config.rounds, kernel.info(out)
 
-    def run_kernel(self, action: np.ndarray, out: tuple) -> None:
-        """Advance every environment one round with the kernel, writing into ``out`` (:func:`kernel.outputs`
-        or :func:`kernel.rows` of a larger batch); ``action`` [B, N·d_u] must be validated (it is clipped here)."""
+    def run_kernel(self, action: np.ndarray, out: tuple, lo: int = 0, hi: int | None = None,
+                   scratch: tuple | None = None) -> None:
+        """Advance environments ``lo..hi-1`` (default: all) one round with the kernel, writing into ``out``
+        (:func:`kernel.outputs` or :func:`kernel.rows` of a larger batch, indexed like this core's environments);
+        ``action`` [B, N·d_u] must be validated (it is clipped here). Calls that run at the same time on disjoint
+        ranges need their own ``scratch`` (:func:`kernel.scratch`; default: the core's own)."""
         if action.dtype not in (np.float32, np.float64) or not action.flags.c_contiguous:
             action = np.ascontiguousarray(action, dtype=np.float64)
         state = self.state
-        self._kernel(0, self.num_envs, action, self.kernel_params, state.round, state.device_rate_flops,
+        self._kernel(lo, self.num_envs if hi is None else hi, action, self.kernel_params, state.round,
+                     state.device_rate_flops,
                      state.device_power_w, state.server_peak_flops, state.server_power_w, state.power_max_w,
                      state.seq_len, state.forward_flops, state.backward_flops, state.service_q0, state.service_q1,
                      state.max_layers, state.user_pos_m, state.user_vel_mps, state.shadowing_db, state.fading,
                      state.gain, state.data_queue, state.energy_queue, state.load_index, state.load,
                      state.users_per_server, state.server_work_flops, self.randomness.states,
-                     self._poisson_cdf, self._load_levels, self._sites, self._static_obs, *out, *self._scratch)
+                     self._poisson_cdf, self._load_levels, self._sites, self._static_obs, *out,
+                     *(self._scratch if scratch is None else scratch),
+                     _flat(state.shadowing_db), _flat(state.fading), _flat(state.gain))
 
     def validate_action(self, action: np.ndarray) -> np.ndarray:
         """Check a batch of flat actions [B, N·d_u] for shape and finiteness (raises ValueError); returns
@@ -181,6 +187,13 @@ class EdgeTrainingCore:
         if not finite:
             raise ValueError("action: contains NaN or infinite values; actions must be finite and lie in [-1, 1]")
         return arr
+
+
+def _flat(array: np.ndarray) -> np.ndarray:
+    """[B, …] ``array`` as a [B, rest] view (raises rather than copy: the kernel writes through it)."""
+    view = array.view()
+    view.shape = (array.shape[0], -1)
+    return view
 
 
 def info_arrays(result: StepResult, state: dynamics.SystemState) -> dict:

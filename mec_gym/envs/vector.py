@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -19,8 +20,10 @@ from mec_gym.model.dynamics import SystemState
 from mec_gym.scenarios import make_config
 
 
-def _run_kernel(shard: EdgeTrainingCore, chunk: np.ndarray, rows: tuple) -> None:
-    shard.run_kernel(shard.validate_action(chunk), rows)
+CHUNKS_PER_WORKER = 8
+"""The kernel's round is split into this many ranges of environments per worker thread, handed out as threads
+come free: the threads may run at different speeds (a busy or slower core), and fixed halves would make
+every step wait for the slowest."""
 
 
 class EdgeTrainingVectorEnv(VectorEnv):
@@ -88,6 +91,8 @@ class EdgeTrainingVectorEnv(VectorEnv):
                                                                                           strict=True)]
         self._bounds = bounds
         self._pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
+        self._workers = workers
+        self._thread_scratch = threading.local()  # each worker thread's kernel work arrays
         self._core = self._shards[0]
         self.single_action_space = gym.spaces.Box(-1.0, 1.0, (self._core.action_width,), dtype=np.float32)
         self.action_space = batch_space(self.single_action_space, num_envs)
@@ -174,10 +179,10 @@ class EdgeTrainingVectorEnv(VectorEnv):
             self._needs_reset = np.zeros(self.num_envs, dtype=bool)
             zeros = np.zeros(self.num_envs, dtype=bool)
             return self._observation(), np.zeros(self.num_envs), zeros, zeros.copy(), {}
-        if self.backend == "kernel":  # the shards' kernels write their rows of one set of outputs
+        if self.backend == "kernel":  # ranges of each shard's environments write their rows of one set of outputs
             out = kernel.outputs(self.config, self.num_envs, self._core.observer.size)
-            rows = [kernel.rows(out, lo, hi) for lo, hi in zip(self._bounds[:-1], self._bounds[1:], strict=True)]
-            self._map(_run_kernel, chunks, rows)
+            self._run_kernel([shard.validate_action(chunk) for shard, chunk in zip(self._shards, chunks,
+                                                                                   strict=True)], out)
             obs, reward = out[0], out[1][0]
             model_truncated = np.concatenate([shard.state.round for shard in self._shards]) >= self.config.rounds
             outputs = [(None, None, None, kernel.info(out))]
@@ -216,6 +221,28 @@ class EdgeTrainingVectorEnv(VectorEnv):
         infos["_final_info"] = done.copy()
         self._reset_indices(np.flatnonzero(done))
         return self._observation(), reward, terminated, truncated, infos
+
+    def _run_kernel(self, actions: list[np.ndarray], out: tuple) -> None:
+        """Step every environment with the round kernel: each shard's validated ``actions`` into its rows of
+        ``out``; with several workers, in CHUNKS_PER_WORKER ranges per worker taken by whichever thread is free."""
+        if self._pool is None:
+            self._shards[0].run_kernel(actions[0], out)
+            return
+        size = -(-self.num_envs // (self._workers * CHUNKS_PER_WORKER))
+        tasks = []
+        for shard, action, lo, hi in zip(self._shards, actions, self._bounds[:-1], self._bounds[1:], strict=True):
+            rows = kernel.rows(out, lo, hi)
+            tasks += [(shard, action, rows, start, min(start + size, shard.num_envs))
+                      for start in range(0, shard.num_envs, size)]
+
+        def run(task: tuple) -> None:
+            shard, action, rows, start, stop = task
+            scratch = getattr(self._thread_scratch, "arrays", None)
+            if scratch is None:
+                scratch = self._thread_scratch.arrays = kernel.scratch(self.config)
+            shard.run_kernel(action, rows, start, stop, scratch)
+
+        list(self._pool.map(run, tasks))
 
     def _infos(self, shard_infos: list[dict], valid: np.ndarray) -> dict:
         """Gymnasium's dict of arrays with ``_key`` masks, as SyncVectorEnv builds it: rows outside

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mec_gym.model.numeric import LN2, LN10, as_float, divide_where, jitable, select
+from mec_gym.model.numeric import LN2, LN10, as_float, divide_where, exp, jitable, ln, select
 
 
 @jitable
@@ -19,8 +19,8 @@ def pathloss_db(distance_m: np.ndarray, db_at_1km: float, exponent_db: float, mi
     148 + 40·log10(d_km) for D2D ([CP25] notes §6.3). Distances are clipped below at
     ``min_distance_m`` so the model stays in its range of validity.
     """
-    # log10(x) = ln(x)/ln(10): the natural logarithm is about twice as fast as log10 in libm
-    return db_at_1km + exponent_db * (np.log(np.maximum(distance_m, min_distance_m) * 1e-3) / LN10)
+    # log10(x) = ln(x)/ln(10), with the model's own ln (numeric.ln: same bits everywhere, vectorizes)
+    return db_at_1km + exponent_db * (ln(np.maximum(distance_m, min_distance_m) * 1e-3) / LN10)
 
 
 @jitable
@@ -32,7 +32,7 @@ def distance_m(dx_m: np.ndarray, dy_m: np.ndarray) -> np.ndarray:
 @jitable
 def channel_gain(pathloss: np.ndarray, shadowing_db: np.ndarray, fading_power: np.ndarray | float) -> np.ndarray:
     """Linear channel gain g = 10^{-(PL + X_σ)/10}·|h|² (path loss, log-normal shadowing, Rayleigh fading)."""
-    return np.exp((pathloss + shadowing_db) * (-LN10 / 10.0)) * fading_power
+    return exp((pathloss + shadowing_db) * (-LN10 / 10.0)) * fading_power
 
 
 def noise_psd_w_per_hz(noise_psd_dbm_hz: float, noise_figure_db: float) -> float:

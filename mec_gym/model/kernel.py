@@ -299,18 +299,21 @@ def scratch(config: SystemConfig) -> tuple[np.ndarray, ...]:
     """Work arrays for one :func:`_round` call (reused across calls of one core; never shared by threads)."""
     n, m = config.num_users, config.num_servers
     return (np.empty((4, n), np.int64), np.empty((14, n)), np.empty((2, n), np.bool_), np.empty((n, m)),
-            np.empty((n, m), np.int64), np.empty(3 * m, np.int64), np.empty((2, m)))
+            np.empty((n, m), np.int64), np.empty(3 * m, np.int64), np.empty((2, m)),
+            np.empty(dynamics.innovation_sizes(config)[0]), np.empty(n * m))
 
 
 def _round(lo, hi, action, p, rnd, device_rate, device_power, server_peak, server_power, power_max, seq_len,
            forward_flops, backward_flops, service_q0, service_q1, max_layers, pos, vel, shadowing, fading, gain,
            data_queue, energy_queue, load_index, load, users_per_server, server_work,
            rng_states, poisson_cdf, load_levels, sites, static_obs, obs, env_f, env_i, user_f, user_i, int_work,
-           float_work, bool_work, scores, order, counters, server_sums):
+           float_work, bool_work, scores, order, counters, server_sums, draws, distance, shadowing_flat, fading_flat,
+           gain_flat):
     """Step environments ``lo..hi-1`` one round in place (see the module docstring); outputs go to ``obs``
     [B, size] float32 and the tuples of arrays ``env_f`` (ENV_FLOATS, each [B]), ``env_i`` (ENV_INTS, [B]),
-    ``user_f`` (USER_FLOATS, [B, N]) and ``user_i`` (USER_INTS, [B, N]) (:func:`outputs`); the last seven
-    arrays are :func:`scratch`."""
+    ``user_f`` (USER_FLOATS, [B, N]) and ``user_i`` (USER_INTS, [B, N]) (:func:`outputs`); then come the nine
+    arrays of :func:`scratch` and flat [B, N·M] (fading [B, 2·N·M]) views of ``shadowing``, ``fading`` and
+    ``gain``."""
     n_users, n_servers, layers = p.users, p.servers, p.layers
     split0, local, server, assigned = int_work[0], int_work[1], int_work[2], int_work[3]
     power, bandwidth, compute_share, frequency = float_work[0], float_work[1], float_work[2], float_work[3]
@@ -519,36 +522,42 @@ def _round(lo, hi, action, p, rnd, device_rate, device_power, server_peak, serve
         env_i[3][b] = rep_capacity
 
         # ---------------------------------------------------------------- transition (dynamics.transition)
-        state = rng.load_state(rng_states, b)  # draws in RoundRandomness.draw's order: normals, then uniforms
+        # RoundRandomness.draw's order: every normal (mobility, shadowing, fading), then the uniforms
+        state = rng.load_state(rng_states, b)
+        for i in range(draws.shape[0]):
+            draws[i], state = rng.normal(state)
         for n in range(n_users):
             vx, vy = vel[b, n, 0], vel[b, n, 1]
             speed = channel.distance_m(vx, vy)
             hx = divide_where(vx, speed, speed > 0)
             hy = divide_where(vy, speed, speed > 0)
-            wx, state = rng.normal(state)
-            wy, state = rng.normal(state)
-            new_vx = channel.gauss_markov_velocity(vx, hx, wx, p.mean_speed, p.speed_std, p.mobility_memory)
-            new_vy = channel.gauss_markov_velocity(vy, hy, wy, p.mean_speed, p.speed_std, p.mobility_memory)
+            new_vx = channel.gauss_markov_velocity(vx, hx, draws[2 * n], p.mean_speed, p.speed_std,
+                                                   p.mobility_memory)
+            new_vy = channel.gauss_markov_velocity(vy, hy, draws[2 * n + 1], p.mean_speed, p.speed_std,
+                                                   p.mobility_memory)
             pos[b, n, 0], vel[b, n, 0] = channel.reflect(new_vx * p.dt + pos[b, n, 0], new_vx, p.area)
             pos[b, n, 1], vel[b, n, 1] = channel.reflect(new_vy * p.dt + pos[b, n, 1], new_vy, p.area)
-        for n in range(n_users):
             for m in range(n_servers):
-                innovation, state = rng.normal(state)
-                shadowing[b, n, m] = channel.ar1(shadowing[b, n, m], innovation * p.shadowing_db,
-                                                 p.shadowing_correlation)
-        for n in range(n_users):
-            for m in range(n_servers):
-                for c in range(2):
-                    innovation, state = rng.normal(state)  # drawn (and dropped) without fading too
-                    if p.fading:
-                        fading[b, n, m, c] = channel.ar1(fading[b, n, m, c], innovation * sqrt_half,
-                                                         p.fading_correlation)
-        for n in range(n_users):
-            for m in range(n_servers):
-                distance = channel.distance_m(pos[b, n, 0] - sites[m, 0], pos[b, n, 1] - sites[m, 1])
-                loss = channel.pathloss_db(distance, p.pathloss_a, p.pathloss_b, p.min_distance)
-                gain[b, n, m] = channel.channel_gain(loss, shadowing[b, n, m],
-                                                     channel.rayleigh_power(fading[b, n, m, 0], fading[b, n, m, 1]))
+                distance[n * n_servers + m] = channel.distance_m(pos[b, n, 0] - sites[m, 0],
+                                                                 pos[b, n, 1] - sites[m, 1])
+        # the per-link loops run over flat [N·M] views, so LLVM vectorizes them (numeric.ln/exp included)
+        links = n_users * n_servers
+        shadowing_b, fading_b, gain_b = shadowing_flat[b], fading_flat[b], gain_flat[b]
+        first = 2 * n_users
+        for k in range(links):
+            shadowing_b[k] = channel.ar1(shadowing_b[k], draws[first + k] * p.shadowing_db, p.shadowing_correlation)
+        first += links
+        if p.fading:  # the fading innovations are drawn (and dropped) without fading too
+            for k in range(2 * links):
+                fading_b[k] = channel.ar1(fading_b[k], draws[first + k] * sqrt_half, p.fading_correlation)
+        o = obs[b]
+        for k in range(links):
+            loss = channel.pathloss_db(distance[k], p.pathloss_a, p.pathloss_b, p.min_distance)
+            g = channel.channel_gain(loss, shadowing_b[k], channel.rayleigh_power(fading_b[2 * k],
+                                                                                  fading_b[2 * k + 1]))
+            gain_b[k] = g
+            # observation (ObservationBuilder.flat): the link's gain feature
+            o[p.obs_gain + k] = np.float32(np.minimum(np.maximum(gain_feature(g), -1.0), 1.0))
         top = load_levels.shape[0] - 1
         for m in range(n_servers):
             draw, state = rng.uniform(state)
@@ -576,11 +585,7 @@ def _round(lo, hi, action, p, rnd, device_rate, device_power, server_peak, serve
         rnd[b] += 1
 
         # ---------------------------------------------------------------- observation (ObservationBuilder.flat)
-        o = obs[b]
         for n in range(n_users):
-            for m in range(n_servers):
-                feature = gain_feature(gain[b, n, m])
-                o[p.obs_gain + n * n_servers + m] = np.float32(np.minimum(np.maximum(feature, -1.0), 1.0))
             o[p.obs_data_queue + n] = _bounded(saturating(data_queue[b, n], p.batch_max))
             o[p.obs_energy_queue + n] = _bounded(saturating(energy_queue[b, n], p.budget)) if p.budget > 0 \
                 else np.float32(0.0)
