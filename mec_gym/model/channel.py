@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mec_gym.model.numeric import LN2, LN10, as_float, divide_where, exp, jitable, ln, select
+from mec_gym.model.numeric import LN2, LN10, as_float, divide_where, exp, jitable, ln, log1p, select
 
 
 @jitable
@@ -49,7 +49,7 @@ def shannon_rate(bandwidth_hz: np.ndarray, gain: np.ndarray, power_w: np.ndarray
     b = as_float(bandwidth_hz)
     noise = noise_psd * b
     snr = divide_where(gain * power_w, noise, noise > 0)
-    return b * (np.log1p(snr) / LN2)  # log1p: log2(1 + snr) loses precision at low SNR
+    return b * (log1p(snr) / LN2)  # log1p: log2(1 + snr) loses precision at low SNR (numeric.log1p)
 
 
 @jitable

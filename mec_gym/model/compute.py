@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mec_gym.model.numeric import as_float, divide_where, jitable
+from mec_gym.model.numeric import as_float, divide_where, jitable, power
 
 
 @jitable
@@ -28,7 +28,7 @@ def compute_delay_energy(work_flops: np.ndarray, rate_max_flops: np.ndarray, lev
     return delay, energy
 
 
-@jitable
+@jitable(inline=True)
 def gpu_utilization(work_per_kernel_flops: np.ndarray, peak_flops: np.ndarray, utilization: float,
                     saturation_seconds: float, exponent: float) -> np.ndarray:
     """Fraction of peak a GPU reaches on a layer whose forward+backward per micro-batch is ``w`` FLOPs.
@@ -43,4 +43,4 @@ def gpu_utilization(work_per_kernel_flops: np.ndarray, peak_flops: np.ndarray, u
     if saturation_seconds <= 0:
         return utilization + 0.0 * work_per_kernel_flops  # the constant, in the shape of the work
     ratio = np.minimum(1.0, work_per_kernel_flops / (saturation_seconds * peak_flops))
-    return utilization * np.maximum(ratio, 1e-6) ** exponent
+    return utilization * power(np.maximum(ratio, 1e-6), exponent)  # numeric.power: vectorizes

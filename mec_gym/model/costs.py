@@ -139,7 +139,7 @@ def _chain_hops(config: SystemConfig, state: SystemState, decision: Decision, se
     return fwd_t, bwd_t, energy, last_holder
 
 
-@jitable
+@jitable(inline=True)
 def server_rate_flops(sequences: np.ndarray, microbatches: np.ndarray, forward_flops: np.ndarray,
                       backward_flops: np.ndarray, peak_flops: np.ndarray, utilization: float,
                       saturation_seconds: float, exponent: float) -> np.ndarray:

@@ -298,7 +298,7 @@ INFO_KEYS = ("energy_j", "delay_s", "stability", "scr", "energy_norm", "delay_no
 def scratch(config: SystemConfig) -> tuple[np.ndarray, ...]:
     """Work arrays for one :func:`_round` call (reused across calls of one core; never shared by threads)."""
     n, m = config.num_users, config.num_servers
-    return (np.empty((4, n), np.int64), np.empty((14, n)), np.empty((2, n), np.bool_), np.empty((n, m)),
+    return (np.empty((4, n), np.int64), np.empty((19, n)), np.empty((2, n), np.bool_), np.empty((n, m)),
             np.empty((n, m), np.int64), np.empty(3 * m, np.int64), np.empty((2, m)),
             np.empty(dynamics.innovation_sizes(config)[0]), np.empty(n * m))
 
@@ -319,6 +319,8 @@ def _round(lo, hi, action, p, rnd, device_rate, device_power, server_peak, serve
     power, bandwidth, compute_share, frequency = float_work[0], float_work[1], float_work[2], float_work[3]
     micro, weights, sequences, work_user = float_work[4], float_work[5], float_work[6], float_work[7]
     stability_user = float_work[8]
+    server_rate, uplink_rate, downlink_rate = float_work[14], float_work[15], float_work[16]
+    link_gain, server_peak_user = float_work[17], float_work[18]
     per_user = float_work[10:14]  # energy, latency, service, SCR denominator (then budget violation) per user
     eligible, dropped = bool_work[0], bool_work[1]
     totals, counts = server_sums[0], server_sums[1]
@@ -405,6 +407,17 @@ def _round(lo, hi, action, p, rnd, device_rate, device_power, server_peak, serve
         _shares(weights, eligible, server, n_users, n_servers, totals, counts, compute_share)
 
         # ---------------------------------------------------------------- cost (costs.evaluate, one device per user)
+        # first the rates, the round's transcendentals, over contiguous per-user arrays (a loop LLVM vectorizes)
+        for n in range(n_users):
+            link_gain[n] = gain[b, n, server[n]]
+            server_peak_user[n] = server_peak[b, server[n]]
+        for n in range(n_users):
+            band = p.bandwidth_hz * bandwidth[n]
+            server_rate[n] = costs.server_rate_flops(sequences[n], micro[n], forward_flops[b, n], backward_flops[b, n],
+                                                     server_peak_user[n], p.utilization, p.saturation_seconds,
+                                                     p.utilization_exponent)
+            uplink_rate[n] = channel.shannon_rate(band, link_gain[n], power[n], p.noise)
+            downlink_rate[n] = channel.shannon_rate(band, link_gain[n], p.downlink_power, p.noise)
         peak_memory = 0.0
         drops = 0
         iterations = p.iterations
@@ -417,8 +430,7 @@ def _round(lo, hi, action, p, rnd, device_rate, device_power, server_peak, serve
                                                                 frequency[n], device_power[b, n, 0], 1.0)
             dev_bwd_t, dev_bwd_e = compute.compute_delay_energy(node_work * bwd_flops, device_rate[b, n, 0],
                                                                 frequency[n], device_power[b, n, 0], 1.0)
-            rate = costs.server_rate_flops(seqs, micro[n], fwd_flops, bwd_flops, server_peak[b, m], p.utilization,
-                                           p.saturation_seconds, p.utilization_exponent)
+            rate = server_rate[n]
             available = compute_share[n] * (1.0 - load[b, m])
             level, share = (1.0, available) if p.time_share else (available, 1.0)
             srv_work = split0[n] * seqs
@@ -426,21 +438,17 @@ def _round(lo, hi, action, p, rnd, device_rate, device_power, server_peak, serve
                                                                 share)
             srv_bwd_t, srv_bwd_e = compute.compute_delay_energy(srv_work * bwd_flops, rate, level, server_power[b, m],
                                                                 share)
-            g = gain[b, n, m]
-            band = p.bandwidth_hz * bandwidth[n]
-            uplink_rate = channel.shannon_rate(band, g, power[n], p.noise)
             in_chain = (split0[n] > 0) or p.head_on_server
             act_bits = llm.sequence_bits(seq_len[b, n], p.hidden, p.activation_bits)
             up_bits = costs.uplink_bits(seqs, local[n], act_bits, llm.sequence_bits(seq_len[b, n], 1, p.token_bits),
                                         in_chain)
-            up_t, up_e = channel.transmission(up_bits, uplink_rate, power[n])
+            up_t, up_e = channel.transmission(up_bits, uplink_rate[n], power[n])
             down_t, down_e = 0.0, 0.0
             if p.downlink:
-                downlink_rate = channel.shannon_rate(band, g, p.downlink_power, p.noise)
                 down_bits = costs.downlink_bits(seqs, local[n], act_bits, in_chain)
-                down_t, down_e = channel.transmission(down_bits, downlink_rate, p.downlink_power)
+                down_t, down_e = channel.transmission(down_bits, downlink_rate[n], p.downlink_power)
             agg_bits = costs.aggregation_bits(seqs, local[n], p.adapter_bits)
-            agg_t, agg_e = channel.transmission(agg_bits, uplink_rate, power[n])
+            agg_t, agg_e = channel.transmission(agg_bits, uplink_rate[n], power[n])
             energy_device = iterations * (dev_fwd_e + dev_bwd_e)
             energy_device += iterations * up_e + agg_e
             q = micro[n]
