@@ -412,12 +412,14 @@ def _round(lo, hi, action, p, rnd, device_rate, device_power, server_peak, serve
             link_gain[n] = gain[b, n, server[n]]
             server_peak_user[n] = server_peak[b, server[n]]
         for n in range(n_users):
-            band = p.bandwidth_hz * bandwidth[n]
             server_rate[n] = costs.server_rate_flops(sequences[n], micro[n], forward_flops[b, n], backward_flops[b, n],
                                                      server_peak_user[n], p.utilization, p.saturation_seconds,
                                                      p.utilization_exponent)
-            uplink_rate[n] = channel.shannon_rate(band, link_gain[n], power[n], p.noise)
-            downlink_rate[n] = channel.shannon_rate(band, link_gain[n], p.downlink_power, p.noise)
+        for n in range(n_users):
+            uplink_rate[n] = channel.shannon_rate(p.bandwidth_hz * bandwidth[n], link_gain[n], power[n], p.noise)
+        for n in range(n_users):
+            downlink_rate[n] = channel.shannon_rate(p.bandwidth_hz * bandwidth[n], link_gain[n], p.downlink_power,
+                                                    p.noise)
         peak_memory = 0.0
         drops = 0
         iterations = p.iterations
@@ -558,14 +560,16 @@ def _round(lo, hi, action, p, rnd, device_rate, device_power, server_peak, serve
         if p.fading:  # the fading innovations are drawn (and dropped) without fading too
             for k in range(2 * links):
                 fading_b[k] = channel.ar1(fading_b[k], draws[first + k] * sqrt_half, p.fading_correlation)
-        o = obs[b]
+        # one function per loop: a loop body with two transcendentals is one long dependency chain, while
+        # iterations of a short body overlap in the out-of-order core
         for k in range(links):
-            loss = channel.pathloss_db(distance[k], p.pathloss_a, p.pathloss_b, p.min_distance)
-            g = channel.channel_gain(loss, shadowing_b[k], channel.rayleigh_power(fading_b[2 * k],
-                                                                                  fading_b[2 * k + 1]))
-            gain_b[k] = g
-            # observation (ObservationBuilder.flat): the link's gain feature
-            o[p.obs_gain + k] = np.float32(np.minimum(np.maximum(gain_feature(g), -1.0), 1.0))
+            distance[k] = channel.pathloss_db(distance[k], p.pathloss_a, p.pathloss_b, p.min_distance)  # dB now
+        for k in range(links):
+            gain_b[k] = channel.channel_gain(distance[k], shadowing_b[k], channel.rayleigh_power(fading_b[2 * k],
+                                                                                             fading_b[2 * k + 1]))
+        o = obs[b]
+        for k in range(links):  # observation (ObservationBuilder.flat): the links' gain features
+            o[p.obs_gain + k] = np.float32(np.minimum(np.maximum(gain_feature(gain_b[k]), -1.0), 1.0))
         top = load_levels.shape[0] - 1
         for m in range(n_servers):
             draw, state = rng.uniform(state)
