@@ -47,6 +47,8 @@ class EdgeTrainingCore:
             self._load_levels = np.asarray(config.server.load_levels, dtype=np.float64)
             rate = config.workload.arrival_rate
             self._poisson_cdf = dynamics.poisson_cdf(rate) if rate > 0 else np.zeros(1)
+            self._poisson_cells = dynamics.poisson_cells(rate) if rate > 0 else (np.zeros(1, np.int64),
+                                                                                 np.zeros(1, np.bool_))
             self._scratch = kernel.scratch(config)
 
     @property
@@ -165,7 +167,7 @@ class EdgeTrainingCore:
                      state.users_per_server, state.server_work_flops, self.randomness.states,
                      self._poisson_cdf, self._load_levels, self._sites, self._static_obs, *out,
                      *(self._scratch if scratch is None else scratch),
-                     _flat(state.shadowing_db), _flat(state.fading), _flat(state.gain))
+                     _flat(state.shadowing_db), _flat(state.fading), _flat(state.gain), *self._poisson_cells)
 
     def validate_action(self, action: np.ndarray) -> np.ndarray:
         """Check a batch of flat actions [B, N·d_u] for shape and finiteness (raises ValueError); returns

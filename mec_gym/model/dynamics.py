@@ -324,7 +324,7 @@ _QUANTILE_CELLS = 4096
 
 
 @cache
-def _poisson_cells(rate: float) -> tuple[np.ndarray, np.ndarray]:
+def poisson_cells(rate: float) -> tuple[np.ndarray, np.ndarray]:
     """For each of ``_QUANTILE_CELLS`` equal cells of [0, 1): the quantile at its left edge, and
     whether a CDF value falls inside the cell (then the quantile varies within it)."""
     cdf = poisson_cdf(rate)
@@ -341,7 +341,7 @@ def poisson_quantile(rate: float, uniforms: np.ndarray) -> np.ndarray:
     """
     if np.size(uniforms) < 256:  # small batches: one binary search is cheaper than the lookup's extra calls
         return np.searchsorted(poisson_cdf(rate), uniforms, side="right")
-    start, ambiguous = _poisson_cells(rate)
+    start, ambiguous = poisson_cells(rate)
     cell = (uniforms * _QUANTILE_CELLS).astype(np.intp)
     counts = start[cell]
     unsure = np.flatnonzero(ambiguous[cell])

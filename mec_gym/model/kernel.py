@@ -246,7 +246,7 @@ def _shares(weights: np.ndarray, eligible: np.ndarray, server: np.ndarray, users
 @jitable
 def _count_at_most(sorted_values: np.ndarray, value: float) -> int:
     """``np.searchsorted(sorted_values, value, side="right")``: how many entries are <= ``value`` (a scan from
-    the start: the Poisson CDF is short and its draws land near the start)."""
+    the start: the Poisson CDF is short; only draws in the few cells that hold a CDF value get here)."""
     count = 0
     while count < sorted_values.shape[0] and sorted_values[count] <= value:
         count += 1
@@ -308,12 +308,12 @@ def _round(lo, hi, action, p, rnd, device_rate, device_power, server_peak, serve
            data_queue, energy_queue, load_index, load, users_per_server, server_work,
            rng_states, poisson_cdf, load_levels, sites, static_obs, obs, env_f, env_i, user_f, user_i, int_work,
            float_work, bool_work, scores, order, counters, server_sums, draws, distance, shadowing_flat, fading_flat,
-           gain_flat):
+           gain_flat, poisson_start, poisson_ambiguous):
     """Step environments ``lo..hi-1`` one round in place (see the module docstring); outputs go to ``obs``
     [B, size] float32 and the tuples of arrays ``env_f`` (ENV_FLOATS, each [B]), ``env_i`` (ENV_INTS, [B]),
     ``user_f`` (USER_FLOATS, [B, N]) and ``user_i`` (USER_INTS, [B, N]) (:func:`outputs`); then come the nine
-    arrays of :func:`scratch` and flat [B, N·M] (fading [B, 2·N·M]) views of ``shadowing``, ``fading`` and
-    ``gain``."""
+    arrays of :func:`scratch`, flat [B, N·M] (fading [B, 2·N·M]) views of ``shadowing``, ``fading`` and
+    ``gain``, and the arrival quantiles by cell (:func:`mec_gym.model.dynamics.poisson_cells`)."""
     n_users, n_servers, layers = p.users, p.servers, p.layers
     split0, local, server, assigned = int_work[0], int_work[1], int_work[2], int_work[3]
     power, bandwidth, compute_share, frequency = float_work[0], float_work[1], float_work[2], float_work[3]
@@ -581,7 +581,8 @@ def _round(lo, hi, action, p, rnd, device_rate, device_power, server_peak, serve
             draw, state = rng.uniform(state)
             trained = 0.0 if dropped[n] else user_f[4][b, n] * iterations
             if p.arrivals:
-                arrivals = _count_at_most(poisson_cdf, draw)
+                cell = int(draw * poisson_start.shape[0])  # dynamics.poisson_quantile's lookup by cell
+                arrivals = _count_at_most(poisson_cdf, draw) if poisson_ambiguous[cell] else poisson_start[cell]
                 data_queue[b, n] = data_queue[b, n] - trained + arrivals
             if p.budget > 0:
                 energy_queue[b, n] = np.maximum(energy_queue[b, n] + user_f[2][b, n] - p.budget, 0.0)
