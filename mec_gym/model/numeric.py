@@ -141,21 +141,21 @@ def ln(x: np.ndarray | float) -> np.ndarray:
     x = 2^k·(1 + f) with 1 + f in [sqrt(2)/2, sqrt(2)); s = f/(2 + f); ln(1 + f) = 2·atanh(s) from a
     degree-14 polynomial in s (Lg1..Lg7); ln x = k·ln 2 + ln(1 + f), with ln 2 in two parts.
     """
+    # (names are rebound once spent, so fewer array temporaries are alive at once)
     bits = float_bits(np.minimum(np.maximum(x, _DBL_MIN), _DBL_MAX))
-    high = bits >> 32
-    k = (high >> 20) - 1023
-    high = high & 0x000FFFFF
+    k = (bits >> 52) - 1023  # the exponent (the sign bit is 0)
+    high = (bits >> 32) & 0x000FFFFF  # the mantissa's high 20 bits
+    wide = ((high - 0x6147A) | (0x6B851 - high)) > 0  # fdlibm's two final formulas (both computed below)
     carry = (high + 0x95F64) & 0x100000  # set when the mantissa is at least sqrt(2): halve it, k += 1
     f = bits_float(((high | (carry ^ 0x3FF00000)) << 32) | (bits & 0xFFFFFFFF)) - 1.0
-    dk = bits_float((k + (carry >> 20)) + float_bits(_SHIFTER)) - _SHIFTER  # exact int64 -> float64
+    k = bits_float(k + (carry >> 20) + float_bits(_SHIFTER)) - _SHIFTER  # now as a float64 (exact)
     s = f / (2.0 + f)
     z = s * s
     w = z * z
-    r = z * (_LG1 + w * (_LG3 + w * (_LG5 + w * _LG7))) + w * (_LG2 + w * (_LG4 + w * _LG6))
-    half_f2 = 0.5 * f * f
-    wide = dk * _LN2_HI - ((half_f2 - (s * (half_f2 + r) + dk * _LN2_LO)) - f)
-    narrow = dk * _LN2_HI - ((s * (f - r) - dk * _LN2_LO) - f)
-    return select(((high - 0x6147A) | (0x6B851 - high)) > 0, wide, narrow)  # fdlibm's two cases, both computed
+    z = z * (_LG1 + w * (_LG3 + w * (_LG5 + w * _LG7))) + w * (_LG2 + w * (_LG4 + w * _LG6))  # R(z)
+    w = 0.5 * f * f  # hfsq
+    return select(wide, k * _LN2_HI - ((w - (s * (w + z) + k * _LN2_LO)) - f),
+                  k * _LN2_HI - ((s * (f - z) - k * _LN2_LO) - f))
 
 
 def exp(x: np.ndarray | float) -> np.ndarray:
