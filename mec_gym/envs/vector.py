@@ -259,7 +259,7 @@ class EdgeTrainingVectorEnv(VectorEnv):
                 core, action, rows, _ = tasks[index]
                 core.run_kernel(action, rows, start, stop, scratch)
 
-        helpers = [self._pool.submit(work) for _ in range(self._workers - 1)]
+        helpers = [self._pool.submit(work) for _ in range(min(self._workers, len(ranges)) - 1)]
         work()
         for helper in helpers:
             helper.result()
