@@ -265,7 +265,9 @@ def bench_speed(
     workers: Annotated[str, typer.Option(help="comma-separated thread counts of the native env")] = "1,2",
     seconds: Annotated[float, typer.Option(help="minimum seconds per measurement")] = 2.0,
     out: Annotated[Path, typer.Option(help="output folder")] = Path("runs/speed"),
-    backend: Annotated[str, typer.Option(help="auto, kernel or numpy: what steps Box actions")] = "auto",
+    backend: Annotated[str | None, typer.Option(
+        help="auto, kernel or numpy: what steps Box actions (default: the MEC_GYM_BACKEND variable, else auto)")]
+        = None,
 ) -> None:
     """Env-steps/s with random actions: single env, SyncVectorEnv, native batched env; peak bytes per env."""
     import mec_gym

@@ -196,6 +196,10 @@ def power(x: np.ndarray | float, y: float) -> np.ndarray:
     return exp(y * ln(x))
 
 
+SOURCES = {"ln": ln, "exp": exp, "log1p": log1p, "power": power}
+"""The elementary functions' sources, run by numpy on arrays (with numba, the module's names are compiled
+ufuncs of these; tests/test_numeric.py checks both give the same bits)."""
+
 PAIRWISE_MAX = 128
 """The longest range :func:`pairwise_sum` adds (numpy splits longer ones in halves first)."""
 
@@ -235,12 +239,37 @@ if HAVE_NUMBA:
     from numba.extending import intrinsic as _intrinsic
 
     pairwise_sum = _register_jitable(pairwise_sum)
-    # inlined by numba itself: left to LLVM, a function that calls two of them grows past its inlining
-    # threshold, and a loop that calls a function does not vectorize
-    ln = _register_jitable(inline="always")(ln)
-    exp = _register_jitable(inline="always")(exp)
-    log1p = _register_jitable(inline="always")(log1p)
-    power = _register_jitable(inline="always")(power)
+    # The elementary functions from Python: a numba ufunc of the same source, compiled on first use (one call
+    # per array instead of ~25 numpy passes; the solvers' costs.evaluate runs on small arrays). From numba
+    # code: the source itself, inlined by numba (left to LLVM, a function that calls two of them grows past
+    # its inlining threshold, and a loop that calls a function does not vectorize).
+    def _elementary(source, signature: str):
+        import functools
+        import inspect
+
+        import numba
+
+        compiled = None
+
+        @functools.wraps(source)
+        def entry(*args):
+            nonlocal compiled
+            if compiled is None:
+                compiled = numba.vectorize([signature], cache=True)(source)
+            return compiled(*args)
+
+        def typer(*args):
+            return source
+
+        typer.__signature__ = inspect.signature(source)  # numba matches the typer's signature to the source's
+        _overload(entry, inline="always")(typer)
+        return entry
+
+    SOURCES = {"ln": ln, "exp": exp, "log1p": log1p, "power": power}
+    ln = _elementary(ln, "float64(float64)")
+    exp = _elementary(exp, "float64(float64)")
+    log1p = _elementary(log1p, "float64(float64)")
+    power = _elementary(power, "float64(float64, float64)")
 
     @_intrinsic
     def _bitcast_float_int(typingctx, value):
