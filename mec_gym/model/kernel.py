@@ -23,6 +23,11 @@ Randomness: the kernel draws each environment's round innovations inline from it
 :class:`mec_gym.model.dynamics.RoundRandomness` (:mod:`mec_gym.model.rng`), in the order the numpy model's
 ``RoundRandomness.draw`` fills them, so both backends see the same numbers.
 
+Speed: the stages whose formulas need transcendentals (path loss, gain and gain feature per link; the
+server's utilization and the up- and downlink rates per user) run as loops of one formula over contiguous
+arrays, which LLVM turns into AVX2 code (:mod:`mec_gym.model.numeric`'s ``ln``/``exp`` are branch-free for
+that), and whose short bodies let successive iterations overlap. The normals are drawn in one tight loop first.
+
 The kernel is compiled without numba's reference counting (``_nrt=False``): it allocates nothing (its
 scratch arrays come from :func:`scratch`), so views and calls cost no atomic counter updates.
 """

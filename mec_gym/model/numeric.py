@@ -4,8 +4,14 @@ The formula functions of :mod:`mec_gym.model` are written once, on plain arithme
 below, so they run both on numpy arrays (the batched model the experts and tests call) and, compiled
 by numba, on the scalars of one environment inside the fused round kernel
 (:mod:`mec_gym.model.kernel`). ``jitable`` marks such a function: it stays an ordinary Python function
-and becomes callable from compiled code. The helpers ``divide_where``, ``select`` and ``as_float``
-have a numpy implementation (used from Python) and a scalar one (used by numba).
+and becomes callable from compiled code. The helpers ``divide_where``, ``select``, ``as_float``,
+``float_bits`` and ``bits_float`` have a numpy implementation (used from Python) and a scalar one (used by
+numba).
+
+The model's elementary functions are here too: ``ln``, ``exp`` (fdlibm's algorithms, < 1 ulp), ``log1p`` and
+``power`` on them. They replace libm in the formulas so that the round kernel's per-link and per-user loops
+vectorize (libm calls stay scalar) and every platform computes the same bits; Python calls them as numba
+ufuncs of the same source, and without numba the source runs on numpy arrays (:data:`SOURCES`).
 """
 
 from __future__ import annotations
