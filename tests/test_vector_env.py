@@ -193,6 +193,27 @@ def test_sharded_workers_equal_sync_vector_env(mode):
     native.close()
 
 
+@pytest.mark.parametrize("workers", [2, 3])
+def test_kernel_ranges_across_threads_equal_one_thread(workers):
+    """With several workers the round kernel runs in guided ranges taken by whichever thread is free
+    (EdgeTrainingVectorEnv._run_kernel): every environment is stepped once, as with one thread."""
+    n = 301  # above the size that is split (4·MIN_CHUNK), not a multiple of anything
+    one = gym.make_vec("mec_gym/EdgeTraining-v0", num_envs=n, rounds=ROUNDS, workers=1)
+    many = gym.make_vec("mec_gym/EdgeTraining-v0", num_envs=n, rounds=ROUNDS, workers=workers)
+    assert many.unwrapped.backend == "kernel" and len(many.unwrapped._shards) == workers
+    assert_same(many.reset(seed=3)[0], one.reset(seed=3)[0])
+    rng = np.random.default_rng(4)
+    for t in range(2 * ROUNDS + 1):
+        if t == 1:
+            mask = rng.random(n) < 0.3
+            assert_same(many.reset(options={"reset_mask": mask.copy()})[0],
+                        one.reset(options={"reset_mask": mask.copy()})[0])
+        actions = random_actions(one, rng)
+        assert_same_step(many.step(actions), one.step(actions))
+    many.close()
+    one.close()
+
+
 @pytest.mark.parametrize("mode", MODES, ids=lambda m: m.value)
 def test_dict_observations_equal_sync_vector_env(mode):
     env_id, n = "mec_gym/EdgeTraining-CollaPipe-v0", 2

@@ -228,8 +228,9 @@ class EdgeTrainingVectorEnv(VectorEnv):
         about half the remaining environments per worker and range, down to MIN_CHUNK), which the calling thread
         and the pool's threads take in turn until none are left; so a thread on a slower or busier core takes
         fewer, and the step ends with small ranges."""
-        if self._pool is None:
-            self._shards[0].run_kernel(actions[0], out)
+        if self._pool is None or self.num_envs < 4 * MIN_CHUNK:  # small batches: handing out costs more than it saves
+            for shard, action, lo, hi in zip(self._shards, actions, self._bounds[:-1], self._bounds[1:], strict=True):
+                shard.run_kernel(action, kernel.rows(out, lo, hi))
             return
         tasks = []
         for shard, action, lo, hi in zip(self._shards, actions, self._bounds[:-1], self._bounds[1:], strict=True):
