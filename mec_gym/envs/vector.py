@@ -20,7 +20,6 @@ from mec_gym.model import kernel
 from mec_gym.model.dynamics import SystemState
 from mec_gym.scenarios import make_config
 
-
 MIN_CHUNK = 64
 """The smallest range of environments one kernel call steps when several threads share a step (a call costs
 about 20 µs to dispatch; 64 environments take about 0.3 ms)."""
