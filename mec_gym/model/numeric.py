@@ -261,7 +261,10 @@ if HAVE_NUMBA:
         def entry(*args):
             nonlocal compiled
             if compiled is None:
-                compiled = numba.vectorize([signature], cache=True)(source)
+                try:
+                    compiled = numba.vectorize([signature], cache=True)(source)
+                except (RuntimeError, OSError):  # no writable cache location (read-only install): compile anyway
+                    compiled = numba.vectorize([signature])(source)
             return compiled(*args)
 
         def typer(*args):
