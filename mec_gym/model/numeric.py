@@ -262,9 +262,10 @@ if HAVE_NUMBA:
             nonlocal compiled
             if compiled is None:
                 try:
-                    compiled = numba.vectorize([signature], cache=True)(source)
+                    built = numba.vectorize([signature], cache=True)(source)
                 except (RuntimeError, OSError):  # no writable cache location (read-only install): compile anyway
-                    compiled = numba.vectorize([signature])(source)
+                    built = numba.vectorize([signature])(source)
+                compiled = getattr(built, "ufunc", built)  # numpy's ufunc itself: numba's DUFunc wrapper costs 2 µs
             return compiled(*args)
 
         def typer(*args):
