@@ -92,6 +92,7 @@ class EdgeTrainingVectorEnv(VectorEnv):
         self._pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
         self._workers = workers
         self._thread_scratch = threading.local()  # each worker thread's kernel work arrays
+        self._ranges = self._guided_ranges()  # the same every step
         self._core = self._shards[0]
         self.single_action_space = gym.spaces.Box(-1.0, 1.0, (self._core.action_width,), dtype=np.float32)
         self.action_space = batch_space(self.single_action_space, num_envs)
@@ -221,33 +222,35 @@ class EdgeTrainingVectorEnv(VectorEnv):
         self._reset_indices(np.flatnonzero(done))
         return self._observation(), reward, terminated, truncated, infos
 
+    def _guided_ranges(self) -> list[tuple[int, int, int]]:
+        """(shard, start, stop) ranges of the shards' environments for :meth:`_run_kernel`, the big ones first:
+        about half the remaining environments per worker and range, down to MIN_CHUNK, alternating shards."""
+        sizes = [shard.num_envs for shard in self._shards]
+        ranges, cursors, remaining, shard = [], [0] * len(sizes), self.num_envs, 0
+        while remaining:
+            size = max(MIN_CHUNK, remaining // (2 * self._workers))
+            while cursors[shard] == sizes[shard]:
+                shard = (shard + 1) % len(sizes)
+            start = cursors[shard]
+            stop = min(start + size, sizes[shard])
+            ranges.append((shard, start, stop))
+            cursors[shard] = stop
+            remaining -= stop - start
+            shard = (shard + 1) % len(sizes)
+        return ranges
+
     def _run_kernel(self, actions: list[np.ndarray], out: tuple) -> None:
         """Step every environment with the round kernel: each shard's validated ``actions`` into its rows of
-        ``out``. With several workers the batch is cut into ranges of decreasing size (guided scheduling:
-        about half the remaining environments per worker and range, down to MIN_CHUNK), which the calling thread
-        and the pool's threads take in turn until none are left; so a thread on a slower or busier core takes
-        fewer, and the step ends with small ranges."""
+        ``out``. With several workers the batch is cut into ranges of decreasing size (guided scheduling,
+        :meth:`_guided_ranges`), which the calling thread and the pool's threads take in turn until none are left;
+        so a thread on a slower or busier core takes fewer, and the step ends with small ranges."""
         if self._pool is None or self.num_envs < 4 * MIN_CHUNK:  # small batches: handing out costs more than it saves
             for shard, action, lo, hi in zip(self._shards, actions, self._bounds[:-1], self._bounds[1:], strict=True):
                 shard.run_kernel(action, kernel.rows(out, lo, hi))
             return
-        tasks = []
-        for shard, action, lo, hi in zip(self._shards, actions, self._bounds[:-1], self._bounds[1:], strict=True):
-            tasks.append((shard, action, kernel.rows(out, lo, hi), hi - lo))
-        ranges = []  # (task, start, stop), the big ranges first
-        remaining = self.num_envs
-        cursors = [0] * len(tasks)
-        shard = 0
-        while remaining:
-            size = max(MIN_CHUNK, remaining // (2 * self._workers))
-            while cursors[shard] == tasks[shard][3]:
-                shard = (shard + 1) % len(tasks)
-            start = cursors[shard]
-            stop = min(start + size, tasks[shard][3])
-            ranges.append((shard, start, stop))
-            cursors[shard] = stop
-            remaining -= stop - start
-            shard = (shard + 1) % len(tasks)
+        tasks = [(shard, action, kernel.rows(out, lo, hi)) for shard, action, lo, hi in
+                 zip(self._shards, actions, self._bounds[:-1], self._bounds[1:], strict=True)]
+        ranges = self._ranges
         turn = itertools.count()  # next() on it is atomic under the GIL: each range is taken once
 
         def work() -> None:
@@ -256,7 +259,7 @@ class EdgeTrainingVectorEnv(VectorEnv):
                 scratch = self._thread_scratch.arrays = kernel.scratch(self.config)
             while (i := next(turn)) < len(ranges):
                 index, start, stop = ranges[i]
-                core, action, rows, _ = tasks[index]
+                core, action, rows = tasks[index]
                 core.run_kernel(action, rows, start, stop, scratch)
 
         helpers = [self._pool.submit(work) for _ in range(min(self._workers, len(ranges)) - 1)]

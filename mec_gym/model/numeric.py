@@ -275,7 +275,6 @@ if HAVE_NUMBA:
         _overload(entry, inline="always")(typer)
         return entry
 
-    SOURCES = {"ln": ln, "exp": exp, "log1p": log1p, "power": power}
     ln = _elementary(ln, "float64(float64)")
     exp = _elementary(exp, "float64(float64)")
     log1p = _elementary(log1p, "float64(float64)")
